@@ -1,0 +1,150 @@
+"""Server interceptor: request id from metadata into the log context, metrics per call,
+and domain errors (MeshError, ValueError) turned into gRPC statuses in one place."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from services.common.context import REQUEST_ID_HEADER, new_request_id, request_id_var
+from services.common.errors import REASON_KEY, MeshError
+from services.common.metrics import RPC_HANDLED, RPC_LATENCY
+
+log = logging.getLogger(__name__)
+
+Behavior = Callable[..., Any]
+
+
+def _request_id(metadata: Any) -> str:
+    for key, value in metadata or ():
+        if key == REQUEST_ID_HEADER:
+            return str(value)
+    return new_request_id()
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        request_id = _request_id(handler_call_details.invocation_metadata)
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method, request_id),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(handler.stream_unary, method, request_id),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method, request_id),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        assert handler.stream_stream is not None
+        return grpc.stream_stream_rpc_method_handler(
+            self._wrap_stream(handler.stream_stream, method, request_id),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _record(self, method: str, started: float, context: grpc.aio.ServicerContext) -> None:
+        code = context.code()
+        name = code.name if isinstance(code, grpc.StatusCode) else "OK"
+        RPC_HANDLED.labels(self._service, method, name).inc()
+        RPC_LATENCY.labels(self._service, method).observe(time.perf_counter() - started)
+
+    def _wrap_unary(self, behavior: Behavior, method: str, request_id: str) -> Behavior:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            request_id_var.set(request_id)
+            started = time.perf_counter()
+            try:
+                return await behavior(request, context)
+            except Exception as exc:  # noqa: BLE001 - mapped to a status below
+                await _abort_for(exc, context)
+            finally:
+                self._record(method, started, context)
+
+        return wrapper
+
+    def _wrap_stream(self, behavior: Behavior, method: str, request_id: str) -> Behavior:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            request_id_var.set(request_id)
+            started = time.perf_counter()
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except Exception as exc:  # noqa: BLE001 - mapped to a status below
+                await _abort_for(exc, context)
+            finally:
+                self._record(method, started, context)
+
+        return wrapper
+
+
+async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext) -> None:
+    """Turns a domain exception into the call's status; re-raises what is already a status."""
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    if isinstance(exc, MeshError):
+        error = exc
+    elif isinstance(exc, ValueError):
+        error = MeshError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), "invalid_request_error")
+    else:
+        log.exception("unhandled error in RPC")
+        error = MeshError(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+    if error.reason:
+        context.set_trailing_metadata(((REASON_KEY, error.reason),))
+    await context.abort(error.code, error.message)
+
+
+class ClientRequestIdInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamUnaryClientInterceptor,
+    grpc.aio.StreamStreamClientInterceptor,
+):
+    """Puts the current request id on every outgoing call."""
+
+    @staticmethod
+    def _details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        request_id = request_id_var.get()
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        if request_id != "-" and REQUEST_ID_HEADER not in metadata:
+            metadata.add(REQUEST_ID_HEADER, request_id)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return await continuation(self._details(client_call_details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return await continuation(self._details(client_call_details), request)
+
+    async def intercept_stream_unary(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(self._details(client_call_details), request_iterator)
+
+    async def intercept_stream_stream(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(self._details(client_call_details), request_iterator)

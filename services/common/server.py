@@ -1,0 +1,135 @@
+"""Server bootstrap shared by every gRPC service.
+
+Builds a ``grpc.aio`` server with the common interceptor, the standard health service and
+reflection, serves until SIGTERM/SIGINT, then drains: health flips to NOT_SERVING first so
+load balancers stop sending, in-flight calls get ``shutdown_grace_s`` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.interceptors import ServerInterceptor
+from services.common.logging import configure_logging
+from services.common.metrics import start_metrics_endpoint
+from services.common.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+Registrar = Callable[[grpc.aio.Server], None]
+
+
+@dataclass
+class Sidecar:
+    """Something that runs beside the gRPC server (e.g. an HTTP front end)."""
+
+    run: Callable[[], Awaitable[None]]
+    # Asks `run` to finish gracefully; it gets shutdown_grace_s, then is cancelled.
+    stop: Callable[[], None]
+
+
+@dataclass
+class ServiceSpec:
+    """What a service contributes to the common bootstrap."""
+
+    name: str
+    # Full proto names of the services it serves, e.g. "llmmesh.memory.v1.MemoryService".
+    grpc_services: Sequence[str]
+    register: Registrar
+    sidecars: list[Sidecar] = field(default_factory=list)
+
+
+def build_server(spec: ServiceSpec, settings: ServiceSettings) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    server = grpc.aio.server(
+        interceptors=[ServerInterceptor(spec.name)],
+        options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    spec.register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*spec.grpc_services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    server.add_insecure_port(settings.grpc_address)
+    return server, health_servicer
+
+
+async def _set_health(servicer: health.aio.HealthServicer, names: Sequence[str], serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", *names):
+        await servicer.set(name, status)
+
+
+@contextlib.asynccontextmanager
+async def running_server(spec: ServiceSpec, settings: ServiceSettings) -> AsyncIterator[grpc.aio.Server]:
+    """Starts the server and marks it SERVING; on exit drains it gracefully."""
+    server, health_servicer = build_server(spec, settings)
+    await server.start()
+    await _set_health(health_servicer, spec.grpc_services, serving=True)
+    log.info("serving", extra={"address": settings.grpc_address, "services": list(spec.grpc_services)})
+    try:
+        yield server
+    finally:
+        await _set_health(health_servicer, spec.grpc_services, serving=False)
+        await server.stop(settings.shutdown_grace_s)
+        log.info("stopped")
+
+
+async def serve(
+    spec: ServiceSpec,
+    settings: ServiceSettings,
+    startup: Callable[[], Awaitable[None]] | None = None,
+    shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Runs a service until SIGTERM or SIGINT: startup, serve, drain, shutdown."""
+    configure_logging(spec.name, settings.log_level, settings.log_json)
+    start_metrics_endpoint(settings.host, settings.metrics_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if startup is not None:
+        await startup()
+    try:
+        async with running_server(spec, settings):
+            tasks = [asyncio.create_task(sidecar.run()) for sidecar in spec.sidecars]
+            waiter = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not waiter:
+                    log.error("sidecar stopped; stopping the service", exc_info=task.exception())
+            log.info("shutting down")
+            waiter.cancel()
+            for sidecar in spec.sidecars:
+                sidecar.stop()
+            if tasks:
+                _, pending = await asyncio.wait(tasks, timeout=settings.shutdown_grace_s)
+                for task in pending:
+                    task.cancel()
+    finally:
+        if shutdown is not None:
+            await shutdown()
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    """Entry point for a service's ``__main__``: uvloop when present."""
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())

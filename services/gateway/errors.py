@@ -1,0 +1,55 @@
+"""OpenAI's error shape, and the one mapping from mesh errors (gRPC statuses) to it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from services.common.errors import MeshError, from_rpc_error
+
+# gRPC status -> (HTTP status, OpenAI error type)
+_HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
+    grpc.StatusCode.OUT_OF_RANGE: (400, "invalid_request_error"),
+    grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid_request_error"),
+    grpc.StatusCode.NOT_FOUND: (404, "invalid_request_error"),
+    grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error"),
+    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
+    grpc.StatusCode.CANCELLED: (499, "request_cancelled"),
+    grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout"),
+}
+
+
+class APIError(Exception):
+    """An error answered to the client in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, type_: str, code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.code = code
+        self.param = param
+
+    @classmethod
+    def invalid(cls, message: str, param: str | None = None, code: str | None = None) -> APIError:
+        return cls(400, message, "invalid_request_error", code, param)
+
+    @classmethod
+    def from_mesh(cls, error: MeshError) -> APIError:
+        status, type_ = _HTTP.get(error.code, (500, "server_error"))
+        reason = error.reason or None
+        if reason == "invalid_request_error":  # a type, not a code
+            reason = None
+        param = {"context_length_exceeded": "messages", "model_not_found": "model"}.get(reason or "")
+        return cls(status, error.message, type_, reason, param)
+
+    @classmethod
+    def from_rpc(cls, exc: grpc.aio.AioRpcError) -> APIError:
+        return cls.from_mesh(from_rpc_error(exc))
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

@@ -1,0 +1,242 @@
+"""The OpenAI REST front end: JSON and SSE in, the chat pipeline behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import orjson
+from fastapi import FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.common.context import REQUEST_ID_HEADER, new_request_id, request_id_var
+from services.common.errors import MeshError
+from services.gateway.errors import APIError
+from services.gateway.pipeline import Accepted, ChatPipeline, ChatTurn, ChoiceDone, Delta, Done
+from services.gateway.protocol import ChatCompletionRequest
+from services.gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+SESSION_HEADER = "X-Session-Id"
+
+HTTP_REQUESTS = Counter(
+    "llmmesh_gateway_http_requests_total", "REST requests by route and status.", ["route", "status"]
+)
+TOKENS = Counter("llmmesh_gateway_tokens_total", "Tokens served, by kind.", ["kind"])
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def _error_response(error: APIError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    first = exc.errors()[0] if exc.errors() else {}
+    if first.get("type") == "json_invalid":
+        return "We could not parse the JSON body of your request: it is not valid JSON.", None
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    if first.get("type") == "missing":
+        return f"Missing required parameter: '{param}'.", param
+    return f"Invalid value for '{param}': {first.get('msg', 'invalid')}.", param
+
+
+def create_app(settings: GatewaySettings, pipeline: ChatPipeline) -> FastAPI:
+    app = FastAPI(title="llmmesh", version="0.1.0", description="OpenAI-compatible chat API of the llmmesh mesh.")
+
+    @app.middleware("http")
+    async def request_context(request: Request, call_next: Any) -> Response:
+        request_id = request.headers.get(REQUEST_ID_HEADER) or new_request_id()
+        request_id_var.set(request_id)
+        response: Response = await call_next(request)
+        response.headers[REQUEST_ID_HEADER] = request_id
+        HTTP_REQUESTS.labels(request.url.path, str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return _error_response(APIError.invalid(message, param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return _error_response(APIError(exc.status_code, str(exc.detail), type_))
+
+    @app.exception_handler(APIError)
+    async def on_api_error(request: Request, exc: APIError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return _error_response(APIError(500, "The server had an error while processing your request.", "server_error"))
+
+    @app.exception_handler(MeshError)
+    async def on_mesh_error(request: Request, exc: MeshError) -> JSONResponse:
+        return _error_response(APIError.from_mesh(exc))
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        models = await pipeline.list_models()
+        return {
+            "object": "list",
+            "data": [{"id": m.id, "object": "model", "created": 0, "owned_by": m.owned_by} for m in models],
+        }
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(
+        body: ChatCompletionRequest,
+        request: Request,
+        x_session_id: str | None = Header(default=None, alias=SESSION_HEADER),
+    ) -> Response:
+        session_id = body.session_id or x_session_id or ""
+        turn = ChatTurn(
+            request_id=request_id_var.get(),
+            tenant=settings.default_tenant,
+            model=body.model,
+            messages=body.to_messages(),
+            sampling=body.to_sampling(),
+            session_id=session_id,
+            tools_json=json.dumps(body.tools) if body.tools else "",
+        )
+        headers = {SESSION_HEADER: session_id} if session_id else {}
+        completion = _Completion(turn, body)
+        if body.stream:
+            events = pipeline.run(turn)
+            # Fail before the 200 when the request itself is bad (unknown model, context too long, ...).
+            first = await _first_event(events)
+            return StreamingResponse(
+                completion.sse(first, events),
+                media_type="text/event-stream",
+                headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        result = await _unless_disconnected(request, completion.collect(pipeline.run(turn)))
+        return JSONResponse(result, headers=headers)
+
+    return app
+
+
+async def _first_event(events: AsyncIterator[Any]) -> Any:
+    """The Accepted event: once it is here, the request is good and the stream may start."""
+    return await anext(events)
+
+
+async def _unless_disconnected(request: Request, work: Any) -> Any:
+    """Runs `work`, cancelling it (and so the engine request) if the client goes away."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                task.cancel()
+                return
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await task
+    finally:
+        watcher.cancel()
+
+
+class _Completion:
+    """Builds chat.completion objects and chat.completion.chunk events for one turn."""
+
+    def __init__(self, turn: ChatTurn, body: ChatCompletionRequest) -> None:
+        self.turn = turn
+        self.body = body
+        self.id = f"chatcmpl-{turn.request_id}"
+        self.created = int(time.time())
+
+    def _envelope(self, obj: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "object": obj, "created": self.created, "model": self.body.model}
+        if self.turn.session_id:
+            out["session_id"] = self.turn.session_id
+        return out
+
+    @staticmethod
+    def _usage(done: Done) -> dict[str, int]:
+        TOKENS.labels("prompt").inc(done.prompt_tokens)
+        TOKENS.labels("completion").inc(done.completion_tokens)
+        return {
+            "prompt_tokens": done.prompt_tokens,
+            "completion_tokens": done.completion_tokens,
+            "total_tokens": done.prompt_tokens + done.completion_tokens,
+        }
+
+    async def collect(self, events: AsyncIterator[Any]) -> dict[str, Any]:
+        texts: dict[int, list[str]] = {i: [] for i in range(self.body.n)}
+        async for event in events:
+            if isinstance(event, Delta):
+                texts[event.index].append(event.text)
+            elif isinstance(event, Done):
+                out = self._envelope("chat.completion")
+                out["choices"] = [
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": "".join(parts)},
+                        "logprobs": None,
+                        "finish_reason": event.finish_reasons.get(i, "stop"),
+                    }
+                    for i, parts in sorted(texts.items())
+                ]
+                out["usage"] = self._usage(event)
+                return out
+        raise MeshError(*_NO_RESULT)
+
+    def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+        out = self._envelope("chat.completion.chunk")
+        out["choices"] = choices
+        if usage is not None:
+            out["usage"] = usage
+        return _sse(out)
+
+    async def sse(self, first: Any, events: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+        include_usage = bool(self.body.stream_options and self.body.stream_options.include_usage)
+        for i in range(self.body.n):
+            yield self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        try:
+            event = first
+            while True:
+                if isinstance(event, Delta):
+                    yield self._chunk([{"index": event.index, "delta": {"content": event.text}, "finish_reason": None}])
+                elif isinstance(event, ChoiceDone):
+                    yield self._chunk([{"index": event.index, "delta": {}, "finish_reason": event.finish_reason}])
+                elif isinstance(event, Done):
+                    usage = self._usage(event)
+                    if include_usage:
+                        yield self._chunk([], usage)
+                    break
+                elif not isinstance(event, Accepted):
+                    raise TypeError(f"unexpected event {event!r}")
+                event = await anext(events)
+        except MeshError as exc:
+            # Headers are gone already: the error travels in the stream, as OpenAI does it.
+            yield _sse(APIError.from_mesh(exc).body())
+        except StopAsyncIteration:
+            yield _sse(APIError.from_mesh(MeshError(*_NO_RESULT)).body())
+        yield b"data: [DONE]\n\n"
+
+
+_NO_RESULT = (grpc.StatusCode.INTERNAL, "the generation ended without a result")

@@ -1,0 +1,45 @@
+"""Gateway bootstrap: the OpenAI REST API (uvicorn) and the gRPC ChatService on one event loop."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
+from services.common.server import ServiceSpec, Sidecar, serve
+from services.gateway.http_api import create_app
+from services.gateway.pipeline import ChatPipeline
+from services.gateway.servicer import ChatServicer
+from services.gateway.settings import GatewaySettings
+
+SERVICE_NAME = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
+
+
+async def main() -> None:
+    settings = GatewaySettings()
+    pipeline = ChatPipeline(settings)
+    http = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, pipeline),
+            host=settings.host,
+            port=settings.http_port,
+            loop="none",  # the service's loop is already running
+            http="httptools",
+            access_log=False,
+            log_config=None,
+            timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        )
+    )
+    http.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the bootstrap owns signals
+
+    def stop_http() -> None:
+        http.should_exit = True
+
+    spec = ServiceSpec(
+        name="gateway",
+        grpc_services=[SERVICE_NAME],
+        register=lambda server: chat_pb2_grpc.add_ChatServiceServicer_to_server(
+            ChatServicer(settings, pipeline), server
+        ),
+        sidecars=[Sidecar(run=http.serve, stop=stop_http)],
+    )
+    await serve(spec, settings, shutdown=pipeline.close)

@@ -1,0 +1,321 @@
+"""vLLM engines behind one interface: one ``AsyncLLM`` per GPU (or one on the CPU build),
+requests spread by fewest outstanding.
+
+Everything here speaks domain types (``GenerationJob`` in, ``Delta``/``ChoiceEnd``/``End``
+out); the servicer maps them to and from protos.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from services.common.errors import MeshError
+from services.inference.settings import InferenceSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sampling:
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    n: int = 1
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    json_schema: dict[str, Any] | None = None
+    json_object: bool = False
+
+
+@dataclass
+class GenerationJob:
+    request_id: str
+    model: str
+    messages: list[dict[str, Any]]
+    sampling: Sampling
+    tools: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class Started:
+    prompt_tokens: int
+    engine: str
+
+
+@dataclass
+class Delta:
+    index: int
+    text: str
+    tokens: int
+
+
+@dataclass
+class ChoiceEnd:
+    index: int
+    finish_reason: str
+
+
+@dataclass
+class End:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+Event = Started | Delta | ChoiceEnd | End
+
+
+@dataclass
+class LoadFigures:
+    engine: str
+    model: str
+    device: str
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float = 0.0
+    outstanding: int = 0
+
+
+def context_length_error(prompt_tokens: int, max_tokens: int | None, limit: int) -> MeshError:
+    wanted = prompt_tokens + (max_tokens or 0)
+    detail = f"{prompt_tokens} in the messages" + (f", {max_tokens} in the completion" if max_tokens else "")
+    return MeshError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"This model's maximum context length is {limit} tokens. However, you requested {wanted} tokens ({detail}). "
+        "Please reduce the length of the messages or completion.",
+        "context_length_exceeded",
+    )
+
+
+class ChatTokenizer:
+    """The model's own tokenizer and chat template, shared by every engine of the model."""
+
+    def __init__(self, model_path: Path) -> None:
+        from transformers import AutoTokenizer
+
+        self._tokenizer = AutoTokenizer.from_pretrained(model_path)
+
+    def encode_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        try:
+            ids = self._tokenizer.apply_chat_template(
+                messages, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        except Exception as exc:  # noqa: BLE001 - a template that rejects the chat is the client's error
+            raise ValueError(f"the chat could not be rendered with the model's template: {exc}") from exc
+        if isinstance(ids, dict):  # some tokenizer versions return a BatchEncoding regardless
+            ids = ids["input_ids"]
+        return list(ids)
+
+
+class _LoadProbe:
+    """A vLLM stat logger that keeps the latest scheduler figures of one engine."""
+
+    def __init__(self, figures: LoadFigures) -> None:
+        self.figures = figures
+
+    def factory(self) -> Any:
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        figures = self.figures
+
+        class Probe(StatLoggerBase):
+            def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+                pass
+
+            def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
+                       engine_idx: int = 0) -> None:
+                if scheduler_stats is not None:
+                    figures.running = scheduler_stats.num_running_reqs
+                    figures.waiting = scheduler_stats.num_waiting_reqs
+                    figures.kv_cache_usage = scheduler_stats.kv_cache_usage
+
+            def log_engine_initialized(self) -> None:
+                pass
+
+        return Probe
+
+
+@contextlib.contextmanager
+def _visible_devices(device: str) -> Iterator[None]:
+    """Pins the engine process spawned inside the block to one GPU."""
+    if not device.startswith("cuda:"):
+        yield
+        return
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = device.removeprefix("cuda:")
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved
+
+
+class VllmEngine:
+    """One vLLM AsyncLLM on one device."""
+
+    def __init__(self, name: str, device: str, model_path: Path, settings: InferenceSettings) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.name = name
+        self.device = device
+        self.load = LoadFigures(engine=name, model=settings.model_name, device=device)
+        on_cpu = device == "cpu"
+        args = AsyncEngineArgs(
+            model=str(model_path),
+            served_model_name=[settings.model_name],
+            dtype=("float32" if on_cpu else "auto") if settings.dtype == "auto" else settings.dtype,
+            enforce_eager=on_cpu,
+            max_model_len=settings.max_model_len or None,
+            max_num_seqs=settings.max_num_seqs,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            seed=settings.seed,
+            disable_log_stats=True,  # our probe still gets the figures
+            enable_log_requests=False,
+        )
+        with _visible_devices(device):
+            self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[_LoadProbe(self.load).factory()])
+        self.context_length = int(self._llm.model_config.max_model_len)
+        self._ids = itertools.count()
+
+    def shutdown(self) -> None:
+        self._llm.shutdown()
+        # Drop the engine now, while the interpreter is whole: vLLM's __del__ shuts down
+        # again and fails noisily when it runs at interpreter exit instead.
+        del self._llm
+
+    def unfinished(self) -> int:
+        return int(self._llm.get_num_unfinished_requests())
+
+    def _sampling_params(self, sampling: Sampling, max_tokens: int) -> Any:
+        from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+
+        structured = None
+        if sampling.json_schema is not None:
+            structured = StructuredOutputsParams(json=sampling.json_schema)
+        elif sampling.json_object:
+            structured = StructuredOutputsParams(json_object=True)
+        return SamplingParams(
+            n=sampling.n,
+            temperature=1.0 if sampling.temperature is None else sampling.temperature,
+            top_p=1.0 if sampling.top_p is None else sampling.top_p,
+            max_tokens=max_tokens,
+            seed=sampling.seed,
+            stop=sampling.stop or None,
+            presence_penalty=sampling.presence_penalty or 0.0,
+            frequency_penalty=sampling.frequency_penalty or 0.0,
+            structured_outputs=structured,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    async def generate(self, job: GenerationJob, prompt_ids: list[int]) -> AsyncIterator[Event]:
+        """Streams one generation; cancelling the consumer aborts it on the engine."""
+        from vllm.inputs import TokensPrompt
+
+        limit = self.context_length
+        requested = job.sampling.max_tokens
+        if len(prompt_ids) >= limit or (requested is not None and len(prompt_ids) + requested > limit):
+            raise context_length_error(len(prompt_ids), requested, limit)
+        params = self._sampling_params(job.sampling, requested or limit - len(prompt_ids))
+        # The engine needs ids unique among its live requests; a client may repeat its request id.
+        engine_request_id = f"{job.request_id}-{next(self._ids)}"
+        completion_tokens = 0
+        self.load.outstanding += 1
+        try:
+            yield Started(len(prompt_ids), self.name)
+            stream = self._llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, engine_request_id)
+            async for output in stream:
+                for choice in output.outputs:
+                    completion_tokens += len(choice.token_ids)
+                    if choice.text:
+                        yield Delta(choice.index, choice.text, len(choice.token_ids))
+                    if choice.finish_reason is not None:
+                        yield ChoiceEnd(choice.index, choice.finish_reason)
+            yield End(len(prompt_ids), completion_tokens)
+        finally:
+            self.load.outstanding -= 1
+
+
+def detect_devices(setting: str) -> list[str]:
+    if setting == "cpu":
+        return ["cpu"]
+    if setting != "auto":
+        return [f"cuda:{d.strip()}" for d in setting.split(",") if d.strip()]
+    try:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - no usable CUDA means the CPU build
+        count = 0
+    return [f"cuda:{i}" for i in range(count)] or ["cpu"]
+
+
+class EnginePool:
+    """The engines of one model, with requests spread by fewest outstanding."""
+
+    def __init__(self, model_name: str, model_path: Path, tokenizer: ChatTokenizer, engines: list[VllmEngine]):
+        self.model_name = model_name
+        self.model_path = model_path
+        self.tokenizer = tokenizer
+        self.engines = engines
+
+    @classmethod
+    def start(cls, settings: InferenceSettings, model_path: Path) -> EnginePool:
+        if settings.devices in ("auto", "cpu"):
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kv_cache_gib))
+        devices = detect_devices(settings.devices)
+        log.info("starting engines", extra={"devices": devices, "model": str(model_path)})
+        engines = [VllmEngine(f"engine-{i}", device, model_path, settings) for i, device in enumerate(devices)]
+        return cls(settings.model_name, model_path, ChatTokenizer(model_path), engines)
+
+    @property
+    def context_length(self) -> int:
+        return self.engines[0].context_length
+
+    def shutdown(self) -> None:
+        for engine in self.engines:
+            engine.shutdown()
+
+    def _check_model(self, model: str) -> None:
+        if model != self.model_name:
+            raise MeshError(grpc.StatusCode.NOT_FOUND, f"The model `{model}` does not exist.", "model_not_found")
+
+    async def count_tokens(self, model: str, messages: list[dict[str, Any]]) -> int:
+        self._check_model(model)
+        return len(await asyncio.to_thread(self.tokenizer.encode_chat, messages))
+
+    async def generate(self, job: GenerationJob) -> AsyncIterator[Event]:
+        self._check_model(job.model)
+        prompt_ids = self.tokenizer.encode_chat(job.messages, job.tools)
+        engine = min(self.engines, key=lambda e: e.load.outstanding)
+        async for event in engine.generate(job, prompt_ids):
+            yield event
+
+    def load(self) -> list[LoadFigures]:
+        return [engine.load for engine in self.engines]
+
+
+def parse_schema(text: str) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"json_schema is not valid JSON: {exc}") from exc
+    if not isinstance(schema, dict):
+        raise ValueError("json_schema must be a JSON object")
+    return schema

@@ -1,0 +1,33 @@
+"""Inference service bootstrap: prepare the model, start the engines, serve."""
+
+from __future__ import annotations
+
+import asyncio
+
+from llmmesh.inference.v1 import inference_pb2, inference_pb2_grpc
+from services.common.server import ServiceSpec, serve
+from services.inference.engine import EnginePool
+from services.inference.model_store import prepare_default_model
+from services.inference.servicer import InferenceServicer
+from services.inference.settings import InferenceSettings
+
+SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+
+
+async def main() -> None:
+    settings = InferenceSettings()
+    holder: dict[str, EnginePool] = {}
+
+    async def startup() -> None:
+        model_path = settings.model_path or await asyncio.to_thread(prepare_default_model, settings.cache_dir)
+        holder["pool"] = EnginePool.start(settings, model_path)
+
+    async def shutdown() -> None:
+        if "pool" in holder:
+            holder["pool"].shutdown()
+
+    def register(server: object) -> None:
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(holder["pool"]), server)
+
+    spec = ServiceSpec(name="inference", grpc_services=[SERVICE_NAME], register=register)
+    await serve(spec, settings, startup=startup, shutdown=shutdown)

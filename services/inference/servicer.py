@@ -1,0 +1,201 @@
+"""InferenceService RPCs; proto <-> domain mapping lives here.
+
+``Generate`` is bidirectional: the first client message starts the generation, a later
+``cancel`` message stops it, and the client going away cancels this handler — in every case
+the task pumping the engine is cancelled, which aborts the request inside vLLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from llmmesh.common.v1 import chat_pb2 as common_pb2
+from llmmesh.inference.v1 import inference_pb2, inference_pb2_grpc
+from services.common.errors import MeshError
+from services.inference.engine import (
+    ChoiceEnd,
+    Delta,
+    End,
+    EnginePool,
+    Event,
+    GenerationJob,
+    Sampling,
+    Started,
+    parse_schema,
+)
+
+log = logging.getLogger(__name__)
+
+_CANCEL = object()  # queue marker: the client asked to stop
+_FINISHED = object()  # queue marker: the engine stream is over
+
+
+def to_message(message: common_pb2.ChatMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.name:
+        out["name"] = message.name
+    if message.tool_call_id:
+        out["tool_call_id"] = message.tool_call_id
+    if message.tool_calls_json:
+        out["tool_calls"] = json.loads(message.tool_calls_json)
+    return out
+
+
+def to_sampling(params: common_pb2.SamplingParams) -> Sampling:
+    def opt(name: str) -> Any:
+        return getattr(params, name) if params.HasField(name) else None
+
+    return Sampling(
+        temperature=opt("temperature"),
+        top_p=opt("top_p"),
+        max_tokens=opt("max_tokens"),
+        seed=opt("seed"),
+        stop=list(params.stop),
+        n=params.n or 1,
+        presence_penalty=opt("presence_penalty"),
+        frequency_penalty=opt("frequency_penalty"),
+        json_schema=parse_schema(params.json_schema),
+        json_object=params.json_object,
+    )
+
+
+def to_job(start: inference_pb2.StartGeneration) -> GenerationJob:
+    if not start.messages:
+        raise ValueError("messages must not be empty")
+    return GenerationJob(
+        request_id=start.request_id or "anonymous",
+        model=start.model,
+        messages=[to_message(m) for m in start.messages],
+        sampling=to_sampling(start.sampling),
+        tools=json.loads(start.tools_json) if start.tools_json else None,
+    )
+
+
+def _end(prompt_tokens: int, completion_tokens: int, cancelled: bool = False) -> inference_pb2.GenerateResponse:
+    usage = common_pb2.Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
+    return inference_pb2.GenerateResponse(end=inference_pb2.GenerationEnd(usage=usage, cancelled=cancelled))
+
+
+def to_response(event: Event) -> inference_pb2.GenerateResponse:
+    if isinstance(event, Delta):
+        return inference_pb2.GenerateResponse(
+            delta=inference_pb2.TextDelta(index=event.index, text=event.text, tokens=event.tokens)
+        )
+    if isinstance(event, Started):
+        return inference_pb2.GenerateResponse(
+            started=inference_pb2.GenerationStarted(prompt_tokens=event.prompt_tokens, engine=event.engine)
+        )
+    if isinstance(event, ChoiceEnd):
+        return inference_pb2.GenerateResponse(
+            choice_end=inference_pb2.ChoiceEnd(index=event.index, finish_reason=event.finish_reason)
+        )
+    return _end(event.prompt_tokens, event.completion_tokens)
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    def __init__(self, pool: EnginePool) -> None:
+        self._pool = pool
+
+    async def Generate(
+        self, request_iterator: AsyncIterator[inference_pb2.GenerateRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inference_pb2.GenerateResponse]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("action") != "start":
+            raise MeshError(grpc.StatusCode.INVALID_ARGUMENT, "the first message must start a generation")
+        job = to_job(first.start)
+        events = self._pool.generate(job)
+        # Pull the first event here so a bad request fails the call before anything streams.
+        head = await anext(events)
+        assert isinstance(head, Started)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        pump = asyncio.create_task(self._pump(events, queue))
+        watch = asyncio.create_task(self._watch_cancel(request_iterator, queue))
+        completion_tokens = 0
+        try:
+            yield to_response(head)
+            while True:
+                item = await queue.get()
+                if item is _FINISHED:
+                    pump.result()  # re-raise an engine failure
+                    return
+                if item is _CANCEL:
+                    pump.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await pump
+                    log.info("generation cancelled by the client")
+                    yield _end(head.prompt_tokens, completion_tokens, cancelled=True)
+                    return
+                if isinstance(item, Delta):
+                    completion_tokens += item.tokens
+                yield to_response(item)
+        finally:
+            pump.cancel()  # the client went away: aborts the engine request
+            watch.cancel()
+
+    @staticmethod
+    async def _pump(events: AsyncIterator[Event], queue: asyncio.Queue[Any]) -> None:
+        try:
+            async for event in events:
+                queue.put_nowait(event)
+        finally:
+            queue.put_nowait(_FINISHED)
+
+    @staticmethod
+    async def _watch_cancel(
+        request_iterator: AsyncIterator[inference_pb2.GenerateRequest], queue: asyncio.Queue[Any]
+    ) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+            async for message in request_iterator:
+                if message.WhichOneof("action") == "cancel":
+                    queue.put_nowait(_CANCEL)
+                    return
+
+    async def ListModels(
+        self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.ListModelsResponse:
+        pool = self._pool
+        return inference_pb2.ListModelsResponse(
+            models=[
+                inference_pb2.ModelInfo(
+                    id=pool.model_name,
+                    context_length=pool.context_length,
+                    source=str(pool.model_path),
+                    engines=len(pool.engines),
+                )
+            ]
+        )
+
+    async def CountTokens(
+        self, request: inference_pb2.CountTokensRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.CountTokensResponse:
+        count = await self._pool.count_tokens(request.model, [to_message(m) for m in request.messages])
+        return inference_pb2.CountTokensResponse(prompt_tokens=count, context_length=self._pool.context_length)
+
+    async def GetLoad(
+        self, request: inference_pb2.GetLoadRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.GetLoadResponse:
+        return inference_pb2.GetLoadResponse(
+            engines=[
+                inference_pb2.EngineLoad(
+                    engine=f.engine,
+                    model=f.model,
+                    device=f.device,
+                    running=f.running,
+                    waiting=f.waiting,
+                    kv_cache_usage=f.kv_cache_usage,
+                    outstanding=f.outstanding,
+                )
+                for f in self._pool.load()
+            ]
+        )

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+from services.inference.model_store import DEFAULT_MODEL_NAME
+
+
+class InferenceSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMMESH_INFERENCE_", extra="ignore")
+
+    grpc_port: int = 8102
+    # A Hugging Face model folder; empty: the embedded SmolLM2-135M-Instruct.
+    model_path: Path | None = None
+    # The name clients (the router) ask for.
+    model_name: str = DEFAULT_MODEL_NAME
+    # Where the embedded model is converted to on first start.
+    cache_dir: Path = Path.home() / ".cache" / "llmmesh"
+    # "auto": every visible GPU (one engine each), else the CPU; or "cpu"; or GPU ids "0,1".
+    devices: str = "auto"
+    # "auto": float32 on the CPU (bfloat16 is wrong and slow without AVX512-BF16), the model's own on GPUs.
+    dtype: str = "auto"
+    # Context length; 0: the model's own.
+    max_model_len: int = 0
+    # KV cache size on the CPU (GiB) and share of GPU memory on GPUs.
+    cpu_kv_cache_gib: int = 2
+    gpu_memory_utilization: float = 0.85
+    max_num_seqs: int = 64
+    seed: int = 0

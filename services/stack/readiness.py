@@ -1,0 +1,68 @@
+"""Polls every component of the local stack until it is healthy."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+@dataclass
+class Probe:
+    name: str
+    check: Callable[[], bool]
+
+
+def grpc_serving(address: str, service: str) -> Callable[[], bool]:
+    def check() -> bool:
+        with grpc.insecure_channel(address) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=1.0
+                )
+            except grpc.RpcError:
+                return False
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    return check
+
+
+def http_ok(url: str, expect: bytes = b"") -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2.0) as response:
+                return bool(response.status == 200 and expect in response.read())
+        except (urllib.error.URLError, OSError):
+            return False
+
+    return check
+
+
+def redis_pong(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return bool(redis.Redis.from_url(url, socket_timeout=1.0).ping())
+        except redis.RedisError:
+            return False
+
+    return check
+
+
+def wait_ready(
+    probes: list[Probe], timeout_s: float, on_ready: Callable[[str], None], stopped: Callable[[], bool]
+) -> bool:
+    """Checks the probes in order (each waits for the one before); False on timeout or stop."""
+    deadline = time.monotonic() + timeout_s
+    for probe in probes:
+        while not probe.check():
+            if stopped() or time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+        on_ready(probe.name)
+    return True
