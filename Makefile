@@ -44,7 +44,7 @@ lint: setup ## buf lint, ruff (lint + format check), mypy
 	cd protos && ../$(BIN)/buf lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy services tests scripts
+	$(BIN)/mypy services tests scripts examples
 
 fmt: setup ## Format and auto-fix
 	$(BIN)/ruff format .

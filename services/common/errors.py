@@ -6,8 +6,6 @@ metadata (``llmmesh-error-reason``); the gateway turns both into OpenAI's error 
 
 from __future__ import annotations
 
-from typing import NoReturn
-
 import grpc
 
 REASON_KEY = "llmmesh-error-reason"
@@ -21,12 +19,6 @@ class MeshError(Exception):
         self.code = code
         self.message = message
         self.reason = reason
-
-
-async def abort(context: grpc.aio.ServicerContext, error: MeshError) -> NoReturn:
-    if error.reason:
-        context.set_trailing_metadata(((REASON_KEY, error.reason),))
-    await context.abort(error.code, error.message)
 
 
 def from_rpc_error(exc: grpc.aio.AioRpcError) -> MeshError:

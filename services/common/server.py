@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -32,7 +33,7 @@ Registrar = Callable[[grpc.aio.Server], None]
 class Sidecar:
     """Something that runs beside the gRPC server (e.g. an HTTP front end)."""
 
-    run: Callable[[], Awaitable[None]]
+    run: Callable[[], Coroutine[Any, Any, None]]
     # Asks `run` to finish gracefully; it gets shutdown_grace_s, then is cancelled.
     stop: Callable[[], None]
 
@@ -125,7 +126,7 @@ async def serve(
             await shutdown()
 
 
-def run(main: Callable[[], Awaitable[None]]) -> None:
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Entry point for a service's ``__main__``: uvloop when present."""
     try:
         import uvloop

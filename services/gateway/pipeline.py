@@ -69,7 +69,9 @@ class Done:
 Event = Accepted | Delta | ChoiceDone | Done
 
 
-def _merge_sampling(request: common_pb2.SamplingParams, defaults: common_pb2.SamplingParams) -> common_pb2.SamplingParams:
+def _merge_sampling(
+    request: common_pb2.SamplingParams, defaults: common_pb2.SamplingParams
+) -> common_pb2.SamplingParams:
     """The client's values win; the agent's defaults fill what the client left unset."""
     merged = common_pb2.SamplingParams()
     merged.CopyFrom(defaults)
@@ -111,7 +113,9 @@ class ChatPipeline:
 
     async def list_models(self) -> list[router_pb2.Model]:
         try:
-            reply = await self.router.ListModels(router_pb2.ListModelsRequest(), timeout=self._settings.upstream_timeout_s)
+            reply = await self.router.ListModels(
+                router_pb2.ListModelsRequest(), timeout=self._settings.upstream_timeout_s
+            )
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
         return list(reply.models)
@@ -126,10 +130,11 @@ class ChatPipeline:
         return list(reply.messages)
 
     async def _route(self, turn: ChatTurn) -> router_pb2.RouteResponse:
-        return await self.router.Route(
+        reply: router_pb2.RouteResponse = await self.router.Route(
             router_pb2.RouteRequest(model=turn.model, messages=turn.messages, tenant=turn.tenant),
             timeout=self._settings.upstream_timeout_s,
         )
+        return reply
 
     async def run(self, turn: ChatTurn) -> AsyncIterator[Event]:
         """Runs one turn. A bad request raises MeshError before the first event (Accepted);

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import uvicorn
 
 from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
@@ -14,10 +17,19 @@ from services.gateway.settings import GatewaySettings
 SERVICE_NAME = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
 
 
+class _HttpServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the service bootstrap owns SIGTERM/SIGINT
+    and asks this server to drain through `should_exit`."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def main() -> None:
     settings = GatewaySettings()
     pipeline = ChatPipeline(settings)
-    http = uvicorn.Server(
+    http = _HttpServer(
         uvicorn.Config(
             create_app(settings, pipeline),
             host=settings.host,
@@ -29,7 +41,6 @@ async def main() -> None:
             timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         )
     )
-    http.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the bootstrap owns signals
 
     def stop_http() -> None:
         http.should_exit = True

@@ -16,7 +16,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 
@@ -110,9 +110,10 @@ class ChatTokenizer:
     def encode_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
         try:
             ids = self._tokenizer.apply_chat_template(
-                messages, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=False
+                messages,
+                tools=tools,  # type: ignore[arg-type]  # JSON tool schemas are dicts add_generation_prompt=True, tokenize=True, return_dict=False
             )
-        except Exception as exc:  # noqa: BLE001 - a template that rejects the chat is the client's error
+        except Exception as exc:
             raise ValueError(f"the chat could not be rendered with the model's template: {exc}") from exc
         if isinstance(ids, dict):  # some tokenizer versions return a BatchEncoding regardless
             ids = ids["input_ids"]
@@ -134,8 +135,9 @@ class _LoadProbe:
             def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
                 pass
 
-            def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
-                       engine_idx: int = 0) -> None:
+            def record(
+                self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0
+            ) -> None:
                 if scheduler_stats is not None:
                     figures.running = scheduler_stats.num_running_reqs
                     figures.waiting = scheduler_stats.num_waiting_reqs
@@ -164,6 +166,15 @@ def _visible_devices(device: str) -> Iterator[None]:
             os.environ["CUDA_VISIBLE_DEVICES"] = saved
 
 
+def _engine_dtype(setting: str, on_cpu: bool) -> Literal["auto", "half", "float16", "bfloat16", "float", "float32"]:
+    if setting == "auto":
+        # bfloat16 on a CPU without AVX512-BF16 gives wrong greedy output and is slower.
+        return "float32" if on_cpu else "auto"
+    if setting not in ("half", "float16", "bfloat16", "float", "float32"):
+        raise ValueError(f"unsupported dtype {setting!r}")
+    return setting  # type: ignore[return-value]  # checked just above
+
+
 class VllmEngine:
     """One vLLM AsyncLLM on one device."""
 
@@ -178,9 +189,9 @@ class VllmEngine:
         args = AsyncEngineArgs(
             model=str(model_path),
             served_model_name=[settings.model_name],
-            dtype=("float32" if on_cpu else "auto") if settings.dtype == "auto" else settings.dtype,
+            dtype=_engine_dtype(settings.dtype, on_cpu),
             enforce_eager=on_cpu,
-            max_model_len=settings.max_model_len or None,
+            max_model_len=settings.max_model_len or None,  # type: ignore[arg-type]  # None: the model's own
             max_num_seqs=settings.max_num_seqs,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             seed=settings.seed,

@@ -41,8 +41,8 @@ def _convert(source: Path, target: Path) -> None:
     config = quantized.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config.torch_dtype = torch.float32
-    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    config.dtype = torch.float32
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
     clean.load_state_dict(quantized.state_dict())
     clean.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)

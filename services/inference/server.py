@@ -19,7 +19,9 @@ async def main() -> None:
     holder: dict[str, EnginePool] = {}
 
     async def startup() -> None:
-        model_path = settings.model_path or await asyncio.to_thread(prepare_default_model, settings.cache_dir)
+        model_path = settings.model_path
+        if model_path is None:
+            model_path = await asyncio.to_thread(prepare_default_model, settings.cache_dir)
         holder["pool"] = EnginePool.start(settings, model_path)
 
     async def shutdown() -> None:

@@ -22,7 +22,6 @@ from services.common.errors import MeshError
 from services.inference.engine import (
     ChoiceEnd,
     Delta,
-    End,
     EnginePool,
     Event,
     GenerationJob,

@@ -73,7 +73,7 @@ class HistoryStore:
     ) -> tuple[bool, int]:
         """Appends one turn; returns (appended, messages now stored)."""
         keys = [self._history_key(tenant, session_id), self._turn_key(tenant, session_id, turn_id)]
-        args = [self._ttl_s, *(json.dumps(asdict(m)) for m in messages)]
+        args: list[str | int] = [self._ttl_s, *(json.dumps(asdict(m)) for m in messages)]
         fresh, length = await self._append(keys=keys, args=args)
         return bool(fresh), int(length)
 

@@ -53,8 +53,10 @@ class RoutingPolicy:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RoutingPolicy:
-        models = {m["id"]: ModelEntry(m["id"], m.get("backend_model", m["id"]), m.get("owned_by", "llmmesh"))
-                  for m in raw.get("models", [])}
+        models = {
+            m["id"]: ModelEntry(m["id"], m.get("backend_model", m["id"]), m.get("owned_by", "llmmesh"))
+            for m in raw.get("models", [])
+        }
         if not models:
             raise ValueError("router config lists no models")
         aliases = {str(k): str(v) for k, v in (raw.get("aliases") or {}).items()}

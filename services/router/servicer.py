@@ -24,7 +24,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(self, policy: RoutingPolicy) -> None:
         self._policy = policy
 
-    async def Route(self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext) -> router_pb2.RouteResponse:
+    async def Route(
+        self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.RouteResponse:
         last_user = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
         try:
             decision = self._policy.route(request.model, last_user)

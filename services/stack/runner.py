@@ -6,6 +6,7 @@ process manager (one process group each, SIGTERM to all on Ctrl-C, SIGKILL after
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import socket
@@ -62,8 +63,10 @@ def render_envoy_config(settings: StackSettings) -> Path:
     values = {
         "host": settings.host,
         "upstream_host": settings.host,
-        **{f"{name}_port": settings.port(name) for name in
-           ("admin", "public", "gateway_http", "gateway_grpc", "inference", "memory", "router")},
+        **{
+            f"{name}_port": settings.port(name)
+            for name in ("admin", "public", "gateway_http", "gateway_grpc", "inference", "memory", "router")
+        },
     }
     target = settings.run_dir / "envoy.yaml"
     target.write_text(string.Template(ENVOY_TEMPLATE.read_text()).substitute(values))
@@ -91,36 +94,69 @@ def processes(settings: StackSettings, redis_url: str) -> dict[str, tuple[list[s
         data = settings.run_dir / "redis"
         data.mkdir(parents=True, exist_ok=True)
         procs["redis"] = (
-            [_valkey_server(), "--bind", host, "--port", str(settings.port("redis")), "--dir", str(data),
-             "--appendonly", "yes", "--save", "", "--protected-mode", "no"],
+            [
+                _valkey_server(),
+                "--bind",
+                host,
+                "--port",
+                str(settings.port("redis")),
+                "--dir",
+                str(data),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--protected-mode",
+                "no",
+            ],
             {},
         )
     procs["memory"] = (
         [python, "-m", "services.memory"],
-        {"LLMMESH_MEMORY_HOST": host, "LLMMESH_MEMORY_GRPC_PORT": str(settings.port("memory")),
-         "LLMMESH_MEMORY_METRICS_PORT": str(settings.port("memory_metrics")), "LLMMESH_MEMORY_REDIS_URL": redis_url},
+        {
+            "LLMMESH_MEMORY_HOST": host,
+            "LLMMESH_MEMORY_GRPC_PORT": str(settings.port("memory")),
+            "LLMMESH_MEMORY_METRICS_PORT": str(settings.port("memory_metrics")),
+            "LLMMESH_MEMORY_REDIS_URL": redis_url,
+        },
     )
     procs["router"] = (
         [python, "-m", "services.router"],
-        {"LLMMESH_ROUTER_HOST": host, "LLMMESH_ROUTER_GRPC_PORT": str(settings.port("router")),
-         "LLMMESH_ROUTER_METRICS_PORT": str(settings.port("router_metrics"))},
+        {
+            "LLMMESH_ROUTER_HOST": host,
+            "LLMMESH_ROUTER_GRPC_PORT": str(settings.port("router")),
+            "LLMMESH_ROUTER_METRICS_PORT": str(settings.port("router_metrics")),
+        },
     )
     procs["inference"] = (
         [python, "-m", "services.inference"],
-        {"LLMMESH_INFERENCE_HOST": host, "LLMMESH_INFERENCE_GRPC_PORT": str(settings.port("inference")),
-         "LLMMESH_INFERENCE_METRICS_PORT": str(settings.port("inference_metrics"))},
+        {
+            "LLMMESH_INFERENCE_HOST": host,
+            "LLMMESH_INFERENCE_GRPC_PORT": str(settings.port("inference")),
+            "LLMMESH_INFERENCE_METRICS_PORT": str(settings.port("inference_metrics")),
+        },
     )
     procs["gateway"] = (
         [python, "-m", "services.gateway"],
-        {"LLMMESH_GATEWAY_HOST": host, "LLMMESH_GATEWAY_HTTP_PORT": str(settings.port("gateway_http")),
-         "LLMMESH_GATEWAY_GRPC_PORT": str(settings.port("gateway_grpc")),
-         "LLMMESH_GATEWAY_MEMORY_TARGET": f"{host}:{settings.port('memory')}",
-         "LLMMESH_GATEWAY_ROUTER_TARGET": f"{host}:{settings.port('router')}",
-         "LLMMESH_GATEWAY_INFERENCE_TARGET": f"{host}:{settings.port('inference')}"},
+        {
+            "LLMMESH_GATEWAY_HOST": host,
+            "LLMMESH_GATEWAY_HTTP_PORT": str(settings.port("gateway_http")),
+            "LLMMESH_GATEWAY_GRPC_PORT": str(settings.port("gateway_grpc")),
+            "LLMMESH_GATEWAY_MEMORY_TARGET": f"{host}:{settings.port('memory')}",
+            "LLMMESH_GATEWAY_ROUTER_TARGET": f"{host}:{settings.port('router')}",
+            "LLMMESH_GATEWAY_INFERENCE_TARGET": f"{host}:{settings.port('inference')}",
+        },
     )
     procs["envoy"] = (
-        [_envoy(), "-c", str(render_envoy_config(settings)), "--log-level", "warn",
-         "--base-id", str(settings.port("admin"))],  # lets two stacks run side by side
+        [
+            _envoy(),
+            "-c",
+            str(render_envoy_config(settings)),
+            "--log-level",
+            "warn",
+            "--base-id",
+            str(settings.port("admin")),
+        ],  # lets two stacks run side by side
         {},
     )
     return procs
@@ -145,9 +181,10 @@ def probes(settings: StackSettings, redis_url: str) -> list[Probe]:
 
 def banner(settings: StackSettings) -> str:
     url = settings.public_url
-    body = '{"model": "%s", "messages": [{"role": "user", "content": "What is the capital of France?"}]}' % DEFAULT_MODEL
+    question = {"role": "user", "content": "What is the capital of France?"}
+    body = json.dumps({"model": DEFAULT_MODEL, "messages": [question]})
     return f"""
-llmmesh is up: {url}/v1   (gRPC through Envoy: {settings.host}:{settings.port('public')}, Envoy admin: http://{settings.host}:{settings.port('admin')})
+llmmesh is up: {url}/v1   (gRPC through Envoy: {settings.host}:{settings.port("public")}, Envoy admin: http://{settings.host}:{settings.port("admin")})
 
   curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{body}'
