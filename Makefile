@@ -50,7 +50,7 @@ fmt: setup ## Format and auto-fix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test-unit: setup ## Unit tests only (no processes started)
+test-unit: setup ## Unit tests only (fast; a Redis-protocol server, no engine)
 	$(BIN)/pytest -m "not integration"
 
 test-integration: setup ## Integration tests: the real stack through Envoy

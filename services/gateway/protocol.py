@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from llmmesh.common.v1 import chat_pb2 as common_pb2
 from services.gateway.errors import APIError
 
+_INT32_MAX = 2**31 - 1  # max_tokens travels as a proto int32
+
 
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -67,12 +69,12 @@ class ChatCompletionRequest(BaseModel):
     messages: list[ChatMessageIn] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=_INT32_MAX)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=_INT32_MAX)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     n: int = Field(default=1, ge=1, le=16)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
     stop: str | list[str] | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)

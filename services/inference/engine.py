@@ -13,7 +13,7 @@ import itertools
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -108,16 +108,16 @@ class ChatTokenizer:
         self._tokenizer = AutoTokenizer.from_pretrained(model_path)
 
     def encode_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        tool_schemas: Any = tools  # JSON tool schemas; transformers also accepts Python callables here
         try:
-            ids = self._tokenizer.apply_chat_template(
-                messages,
-                tools=tools,  # type: ignore[arg-type]  # JSON tool schemas are dicts add_generation_prompt=True, tokenize=True, return_dict=False
+            rendered: Any = self._tokenizer.apply_chat_template(
+                messages, tools=tool_schemas, add_generation_prompt=True, tokenize=True, return_dict=False
             )
-        except Exception as exc:
+        except Exception as exc:  # a template that rejects the chat is the client's error
             raise ValueError(f"the chat could not be rendered with the model's template: {exc}") from exc
-        if isinstance(ids, dict):  # some tokenizer versions return a BatchEncoding regardless
-            ids = ids["input_ids"]
-        return list(ids)
+        if isinstance(rendered, Mapping):  # a BatchEncoding, whatever return_dict said
+            rendered = rendered["input_ids"]
+        return [int(i) for i in rendered]
 
 
 class _LoadProbe:
@@ -184,11 +184,11 @@ class VllmEngine:
 
         self.name = name
         self.device = device
-        self.load = LoadFigures(engine=name, model=settings.model_name, device=device)
+        self.load = LoadFigures(engine=name, model=settings.served_model_name, device=device)
         on_cpu = device == "cpu"
         args = AsyncEngineArgs(
             model=str(model_path),
-            served_model_name=[settings.model_name],
+            served_model_name=[settings.served_model_name],
             dtype=_engine_dtype(settings.dtype, on_cpu),
             enforce_eager=on_cpu,
             max_model_len=settings.max_model_len or None,  # type: ignore[arg-type]  # None: the model's own
@@ -265,7 +265,10 @@ def detect_devices(setting: str) -> list[str]:
     if setting == "cpu":
         return ["cpu"]
     if setting != "auto":
-        return [f"cuda:{d.strip()}" for d in setting.split(",") if d.strip()]
+        devices = [f"cuda:{d.strip()}" for d in setting.split(",") if d.strip()]
+        if not devices:
+            raise ValueError(f"devices must be 'auto', 'cpu' or GPU ids like '0,1', not {setting!r}")
+        return devices
     try:
         import torch
 
@@ -291,7 +294,7 @@ class EnginePool:
         devices = detect_devices(settings.devices)
         log.info("starting engines", extra={"devices": devices, "model": str(model_path)})
         engines = [VllmEngine(f"engine-{i}", device, model_path, settings) for i, device in enumerate(devices)]
-        return cls(settings.model_name, model_path, ChatTokenizer(model_path), engines)
+        return cls(settings.served_model_name, model_path, ChatTokenizer(model_path), engines)
 
     @property
     def context_length(self) -> int:

@@ -14,8 +14,8 @@ class InferenceSettings(ServiceSettings):
     grpc_port: int = 8102
     # A Hugging Face model folder; empty: the embedded SmolLM2-135M-Instruct.
     model_path: Path | None = None
-    # The name clients (the router) ask for.
-    model_name: str = DEFAULT_MODEL_NAME
+    # The name it is served under; empty: the folder's name (the embedded model's own by default).
+    model_name: str = ""
     # Where the embedded model is converted to on first start.
     cache_dir: Path = Path.home() / ".cache" / "llmmesh"
     # "auto": every visible GPU (one engine each), else the CPU; or "cpu"; or GPU ids "0,1".
@@ -29,3 +29,9 @@ class InferenceSettings(ServiceSettings):
     gpu_memory_utilization: float = 0.85
     max_num_seqs: int = 64
     seed: int = 0
+
+    @property
+    def served_model_name(self) -> str:
+        if self.model_name:
+            return self.model_name
+        return self.model_path.name.lower() if self.model_path else DEFAULT_MODEL_NAME

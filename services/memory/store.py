@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from urllib.parse import quote
 
 import redis.asyncio as redis
 
@@ -33,7 +34,9 @@ class StoredMessage:
 
 
 def _tag(tenant: str, session_id: str) -> str:
-    return "{" + f"{tenant}/{session_id}" + "}"
+    """``{tenant/session}``, each part percent-encoded: no tenant+session pair can spell
+    another's tag, and no glob or brace character reaches a key."""
+    return "{" + quote(tenant, safe="") + "/" + quote(session_id, safe="") + "}"
 
 
 class HistoryStore:
@@ -80,11 +83,7 @@ class HistoryStore:
     async def delete(self, tenant: str, session_id: str) -> bool:
         tag = _tag(tenant, session_id)
         keys = [self._history_key(tenant, session_id)]
-        async for key in self._redis.scan_iter(match=f"llmmesh:turn:{_escape(tag)}:*", count=500):
+        # The tag is percent-encoded: it holds no glob character and ends at its own brace.
+        async for key in self._redis.scan_iter(match=f"llmmesh:turn:{tag}:*", count=500):
             keys.append(key)
         return bool(await self._redis.delete(*keys))
-
-
-def _escape(pattern: str) -> str:
-    """Escapes glob characters of a SCAN pattern."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in pattern)

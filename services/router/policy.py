@@ -49,20 +49,17 @@ class RoutingPolicy:
 
     @classmethod
     def from_file(cls, path: Path) -> RoutingPolicy:
-        return cls.from_dict(yaml.safe_load(path.read_text()))
+        return cls.from_dict(yaml.safe_load(path.read_text()) or {})
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RoutingPolicy:
         models = {
             m["id"]: ModelEntry(m["id"], m.get("backend_model", m["id"]), m.get("owned_by", "llmmesh"))
-            for m in raw.get("models", [])
+            for m in raw.get("models") or []
         }
-        if not models:
-            raise ValueError("router config lists no models")
+        # Aliases may point at models the inference service is discovered to serve, so they
+        # are checked when used, not here.
         aliases = {str(k): str(v) for k, v in (raw.get("aliases") or {}).items()}
-        for alias, target in aliases.items():
-            if target not in models:
-                raise ValueError(f"alias {alias!r} points at unknown model {target!r}")
         agents = [
             AgentProfile(
                 name=a["name"],
@@ -70,17 +67,18 @@ class RoutingPolicy:
                 keywords=tuple(k.lower() for k in a.get("keywords", [])),
                 sampling=dict(a.get("sampling") or {}),
             )
-            for a in raw.get("agents", [])
+            for a in raw.get("agents") or []
         ]
         default_name = raw.get("default_agent", "general")
         default = next((a for a in agents if a.name == default_name), AgentProfile(default_name))
         return cls(models, aliases, agents, default)
 
-    def resolve_model(self, requested: str) -> tuple[ModelEntry, str]:
-        if requested in self.models:
-            return self.models[requested], "model"
-        if requested in self.aliases:
-            return self.models[self.aliases[requested]], "alias"
+    def resolve_model(self, requested: str, catalog: dict[str, ModelEntry]) -> tuple[ModelEntry, str]:
+        if requested in catalog:
+            return catalog[requested], "model"
+        target = self.aliases.get(requested)
+        if target is not None and target in catalog:
+            return catalog[target], "alias"
         raise UnknownModelError(requested)
 
     def pick_agent(self, last_user_text: str) -> tuple[AgentProfile, str]:
@@ -91,7 +89,7 @@ class RoutingPolicy:
                 return agent, f"keyword:{hit}"
         return self.default_agent, "default"
 
-    def route(self, requested_model: str, last_user_text: str) -> Decision:
-        model, model_reason = self.resolve_model(requested_model)
+    def route(self, requested_model: str, last_user_text: str, catalog: dict[str, ModelEntry]) -> Decision:
+        model, model_reason = self.resolve_model(requested_model, catalog)
         agent, agent_reason = self.pick_agent(last_user_text)
         return Decision(model, agent, f"{model_reason},{agent_reason}")

@@ -9,6 +9,7 @@ import grpc
 from llmmesh.common.v1 import chat_pb2
 from llmmesh.router.v1 import router_pb2, router_pb2_grpc
 from services.common.errors import MeshError
+from services.router.catalog import Catalog
 from services.router.policy import RoutingPolicy, UnknownModelError
 
 
@@ -21,15 +22,20 @@ def _sampling(defaults: dict[str, Any]) -> chat_pb2.SamplingParams:
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
-    def __init__(self, policy: RoutingPolicy) -> None:
+    def __init__(self, policy: RoutingPolicy, catalog: Catalog) -> None:
         self._policy = policy
+        self._catalog = catalog
 
     async def Route(
         self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.RouteResponse:
         last_user = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
         try:
-            decision = self._policy.route(request.model, last_user)
+            try:
+                decision = self._policy.route(request.model, last_user, self._catalog.models)
+            except UnknownModelError:
+                await self._catalog.refresh_if_older(1.0)  # a model that just came up
+                decision = self._policy.route(request.model, last_user, self._catalog.models)
         except UnknownModelError:
             raise MeshError(
                 grpc.StatusCode.NOT_FOUND, f"The model `{request.model}` does not exist.", "model_not_found"
@@ -49,6 +55,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return router_pb2.ListModelsResponse(
             models=[
                 router_pb2.Model(id=m.id, owned_by=m.owned_by, backend_model=m.backend_model)
-                for m in self._policy.models.values()
+                for m in self._catalog.models.values()
             ]
         )

@@ -15,3 +15,6 @@ class RouterSettings(ServiceSettings):
     grpc_port: int = 8104
     # Models, aliases and agents (YAML).
     config_path: Path = _REPO / "deploy" / "router.yaml"
+    # The inference service whose models join the catalog.
+    inference_target: str = "127.0.0.1:8102"
+    catalog_refresh_s: float = 10.0

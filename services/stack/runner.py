@@ -126,6 +126,7 @@ def processes(settings: StackSettings, redis_url: str) -> dict[str, tuple[list[s
             "LLMMESH_ROUTER_HOST": host,
             "LLMMESH_ROUTER_GRPC_PORT": str(settings.port("router")),
             "LLMMESH_ROUTER_METRICS_PORT": str(settings.port("router_metrics")),
+            "LLMMESH_ROUTER_INFERENCE_TARGET": f"{host}:{settings.port('inference')}",
         },
     )
     procs["inference"] = (
@@ -175,7 +176,8 @@ def probes(settings: StackSettings, redis_url: str) -> list[Probe]:
         grpc("inference", "llmmesh.inference.v1.InferenceService"),
         Probe("gateway", http_ok(f"http://{host}:{settings.port('gateway_http')}/healthz")),
         Probe("envoy", http_ok(f"http://{host}:{settings.port('admin')}/ready", b"LIVE")),
-        Probe("mesh", http_ok(f"{settings.public_url}/v1/models", b'"object":"list"')),
+        # Ready when the router has discovered the inference service's models.
+        Probe("mesh", http_ok(f"{settings.public_url}/v1/models", b'"object":"model"')),
     ]
 
 

@@ -1,0 +1,49 @@
+"""The public model catalog: the models the inference service serves (discovered over gRPC,
+so a new local model needs no router change) plus static entries from the router config."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+
+from llmmesh.inference.v1 import inference_pb2, inference_pb2_grpc
+from services.router.policy import ModelEntry
+
+log = logging.getLogger(__name__)
+
+
+class Catalog:
+    def __init__(self, stub: inference_pb2_grpc.InferenceServiceStub, static: dict[str, ModelEntry]) -> None:
+        self._stub = stub
+        self._static = static
+        self._local: dict[str, ModelEntry] = {}
+        self._attempted = 0.0
+
+    @property
+    def models(self) -> dict[str, ModelEntry]:
+        return {**self._static, **self._local}
+
+    async def refresh(self) -> bool:
+        """Asks the inference service what it serves; keeps the last answer when it is away."""
+        self._attempted = time.monotonic()
+        try:
+            reply = await self._stub.ListModels(inference_pb2.ListModelsRequest(), timeout=2.0)
+        except grpc.aio.AioRpcError as exc:
+            log.debug("inference not reachable for discovery", extra={"code": exc.code().name})
+            return False
+        self._local = {m.id: ModelEntry(id=m.id, backend_model=m.id) for m in reply.models}
+        return True
+
+    async def refresh_if_older(self, seconds: float) -> None:
+        """Refreshes unless the last attempt (successful or not) is more recent than `seconds`."""
+        if time.monotonic() - self._attempted > seconds:
+            await self.refresh()
+
+    async def keep_fresh(self, interval_s: float) -> None:
+        """Background loop: quick retries until the first answer, then every interval."""
+        while True:
+            ok = await self.refresh()
+            await asyncio.sleep(interval_s if ok and self._local else 1.0)
