@@ -44,7 +44,7 @@ lint: setup ## buf lint, ruff (lint + format check), mypy
 	cd protos && ../$(BIN)/buf lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy services tests scripts examples
+	$(BIN)/mypy services tests scripts examples bench
 
 fmt: setup ## Format and auto-fix
 	$(BIN)/ruff format .
@@ -59,8 +59,9 @@ test-integration: setup ## Integration tests: the real stack through Envoy
 test: lint ## Lint, then unit and integration tests
 	$(BIN)/pytest
 
-bench: setup ## Benchmarks: print figures, write JSON + plots to bench-results/
-	$(PY) -m bench
+bench: setup ## Benchmarks: print figures, write JSON + plots to bench-results/ (never fails on a target)
+	@command -v wrk >/dev/null || { echo "installing wrk (load generator)"; apt-get update -qq && apt-get install -y -qq wrk; }
+	$(PY) -m bench $(BENCH)
 
 lock: ## Re-resolve requirements/direct.txt into requirements/lock.txt (needs the network)
 	$(PYTHON) scripts/lock.py

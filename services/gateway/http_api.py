@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.context import REQUEST_ID_HEADER, new_request_id, request_id_var
 from services.common.errors import MeshError
@@ -53,17 +54,44 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"Invalid value for '{param}': {first.get('msg', 'invalid')}.", param
 
 
+_KNOWN_ROUTES = {"/v1/chat/completions", "/v1/models", "/healthz", "/metrics", "/docs", "/openapi.json"}
+_REQUEST_ID_HEADER = REQUEST_ID_HEADER.encode()
+
+
+class RequestContextMiddleware:
+    """Request id in (or made) and out, and a request counter. Plain ASGI: Starlette's
+    BaseHTTPMiddleware would pipe every streamed chunk through an extra task and stream."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(_REQUEST_ID_HEADER)
+        request_id = incoming.decode("latin-1") if incoming else new_request_id()
+        request_id_var.set(request_id)
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (_REQUEST_ID_HEADER, request_id.encode("latin-1"))]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            path = scope["path"] if scope["path"] in _KNOWN_ROUTES else "other"
+            HTTP_REQUESTS.labels(path, str(status)).inc()
+
+
 def create_app(settings: GatewaySettings, pipeline: ChatPipeline) -> FastAPI:
     app = FastAPI(title="llmmesh", version="0.1.0", description="OpenAI-compatible chat API of the llmmesh mesh.")
 
-    @app.middleware("http")
-    async def request_context(request: Request, call_next: Any) -> Response:
-        request_id = request.headers.get(REQUEST_ID_HEADER) or new_request_id()
-        request_id_var.set(request_id)
-        response: Response = await call_next(request)
-        response.headers[REQUEST_ID_HEADER] = request_id
-        HTTP_REQUESTS.labels(request.url.path, str(response.status_code)).inc()
-        return response
+    app.add_middleware(RequestContextMiddleware)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -214,11 +242,18 @@ class _Completion:
 
     async def sse(self, first: Any, events: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         include_usage = bool(self.body.stream_options and self.body.stream_options.include_usage)
-        for i in range(self.body.n):
-            yield self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        greeted = False
         try:
             event = first
             while True:
+                if not greeted and not isinstance(event, Accepted):
+                    # The role chunks go out with the first output, as OpenAI and vLLM send them:
+                    # clients time the first token from the first chunk with choices.
+                    greeted = True
+                    for i in range(self.body.n):
+                        yield self._chunk(
+                            [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+                        )
                 if isinstance(event, Delta):
                     yield self._chunk([{"index": event.index, "delta": {"content": event.text}, "finish_reason": None}])
                 elif isinstance(event, ChoiceDone):

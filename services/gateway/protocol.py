@@ -81,11 +81,13 @@ class ChatCompletionRequest(BaseModel):
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
     user: str | None = None
+    # vLLM's extension: generate exactly max_tokens (benchmarks rely on it).
+    ignore_eos: bool = False
     # llmmesh extension: keep the conversation server-side under this id.
     session_id: str | None = Field(default=None, max_length=256)
 
     def to_sampling(self) -> common_pb2.SamplingParams:
-        sampling = common_pb2.SamplingParams(n=self.n)
+        sampling = common_pb2.SamplingParams(n=self.n, ignore_eos=self.ignore_eos)
         for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             if value is not None:

@@ -16,7 +16,7 @@ import os
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import grpc
 
@@ -38,6 +38,7 @@ class Sampling:
     frequency_penalty: float | None = None
     json_schema: dict[str, Any] | None = None
     json_object: bool = False
+    ignore_eos: bool = False
 
 
 @dataclass
@@ -86,6 +87,34 @@ class LoadFigures:
     waiting: int = 0
     kv_cache_usage: float = 0.0
     outstanding: int = 0
+
+
+class Backend(Protocol):
+    """What the servicer needs of whatever generates: the vLLM engine pool, or the
+    benchmark-only instant backend."""
+
+    model_name: str
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def engine_count(self) -> int: ...
+
+    @property
+    def context_length(self) -> int: ...
+
+    async def count_tokens(self, model: str, messages: list[dict[str, Any]]) -> int: ...
+
+    def generate(self, job: GenerationJob) -> AsyncIterator[Event]: ...
+
+    def load(self) -> list[LoadFigures]: ...
+
+    def shutdown(self) -> None: ...
+
+
+def unknown_model_error(model: str) -> MeshError:
+    return MeshError(grpc.StatusCode.NOT_FOUND, f"The model `{model}` does not exist.", "model_not_found")
 
 
 def context_length_error(prompt_tokens: int, max_tokens: int | None, limit: int) -> MeshError:
@@ -230,6 +259,7 @@ class VllmEngine:
             presence_penalty=sampling.presence_penalty or 0.0,
             frequency_penalty=sampling.frequency_penalty or 0.0,
             structured_outputs=structured,
+            ignore_eos=sampling.ignore_eos,
             output_kind=RequestOutputKind.DELTA,
         )
 
@@ -300,13 +330,21 @@ class EnginePool:
     def context_length(self) -> int:
         return self.engines[0].context_length
 
+    @property
+    def source(self) -> str:
+        return str(self.model_path)
+
+    @property
+    def engine_count(self) -> int:
+        return len(self.engines)
+
     def shutdown(self) -> None:
         for engine in self.engines:
             engine.shutdown()
 
     def _check_model(self, model: str) -> None:
         if model != self.model_name:
-            raise MeshError(grpc.StatusCode.NOT_FOUND, f"The model `{model}` does not exist.", "model_not_found")
+            raise unknown_model_error(model)
 
     async def count_tokens(self, model: str, messages: list[dict[str, Any]]) -> int:
         self._check_model(model)

@@ -6,7 +6,8 @@ import asyncio
 
 from llmmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.common.server import ServiceSpec, serve
-from services.inference.engine import EnginePool
+from services.inference.engine import Backend, EnginePool
+from services.inference.instant import InstantBackend
 from services.inference.model_store import prepare_default_model
 from services.inference.servicer import InferenceServicer
 from services.inference.settings import InferenceSettings
@@ -16,9 +17,12 @@ SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].ful
 
 async def main() -> None:
     settings = InferenceSettings()
-    holder: dict[str, EnginePool] = {}
+    holder: dict[str, Backend] = {}
 
     async def startup() -> None:
+        if settings.backend == "instant":
+            holder["pool"] = InstantBackend(settings.served_model_name)
+            return
         model_path = settings.model_path
         if model_path is None:
             model_path = await asyncio.to_thread(prepare_default_model, settings.cache_dir)

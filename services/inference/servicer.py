@@ -20,9 +20,9 @@ from llmmesh.common.v1 import chat_pb2 as common_pb2
 from llmmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.common.errors import MeshError
 from services.inference.engine import (
+    Backend,
     ChoiceEnd,
     Delta,
-    EnginePool,
     Event,
     GenerationJob,
     Sampling,
@@ -62,6 +62,7 @@ def to_sampling(params: common_pb2.SamplingParams) -> Sampling:
         frequency_penalty=opt("frequency_penalty"),
         json_schema=parse_schema(params.json_schema),
         json_object=params.json_object,
+        ignore_eos=params.ignore_eos,
     )
 
 
@@ -102,8 +103,26 @@ def to_response(event: Event) -> inference_pb2.GenerateResponse:
     return _end(event.prompt_tokens, event.completion_tokens)
 
 
+def _coalesce(first: Delta, queue: asyncio.Queue[Any]) -> tuple[Delta, Any]:
+    """Merges the deltas of the same choice already waiting in the queue into one message.
+
+    At engine speed the queue holds one delta and it goes out at once; when the client side
+    is slower than the engine, one message carries several tokens instead of queueing them.
+    Returns the merged delta and the first item that did not merge (or None)."""
+    texts, tokens = [first.text], first.tokens
+    while True:
+        try:
+            item = queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return Delta(first.index, "".join(texts), tokens), None
+        if not (isinstance(item, Delta) and item.index == first.index):
+            return Delta(first.index, "".join(texts), tokens), item
+        texts.append(item.text)
+        tokens += item.tokens
+
+
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, pool: EnginePool) -> None:
+    def __init__(self, pool: Backend) -> None:
         self._pool = pool
 
     async def Generate(
@@ -121,10 +140,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         pump = asyncio.create_task(self._pump(events, queue))
         watch = asyncio.create_task(self._watch_cancel(request_iterator, queue))
         completion_tokens = 0
+        pending: Any = None
         try:
             yield to_response(head)
             while True:
-                item = await queue.get()
+                item, pending = (pending, None) if pending is not None else (await queue.get(), None)
                 if item is _FINISHED:
                     pump.result()  # re-raise an engine failure
                     return
@@ -136,6 +156,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     yield _end(head.prompt_tokens, completion_tokens, cancelled=True)
                     return
                 if isinstance(item, Delta):
+                    item, pending = _coalesce(item, queue)
                     completion_tokens += item.tokens
                 yield to_response(item)
         finally:
@@ -169,8 +190,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 inference_pb2.ModelInfo(
                     id=pool.model_name,
                     context_length=pool.context_length,
-                    source=str(pool.model_path),
-                    engines=len(pool.engines),
+                    source=pool.source,
+                    engines=pool.engine_count,
                 )
             ]
         )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import SettingsConfigDict
 
@@ -29,6 +30,9 @@ class InferenceSettings(ServiceSettings):
     gpu_memory_utilization: float = 0.85
     max_num_seqs: int = 64
     seed: int = 0
+    # "vllm"; or "instant": a benchmark-only backend that answers at once with no model
+    # (see services/inference/instant.py). Never use it to serve users.
+    backend: Literal["vllm", "instant"] = "vllm"
 
     @property
     def served_model_name(self) -> str:

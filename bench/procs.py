@@ -1,0 +1,99 @@
+"""Starting and stopping what the benchmarks measure: the llmmesh stack (as `make run`
+starts it) and vLLM's own OpenAI server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "smollm2-135m-instruct"
+
+
+def _wait(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float, expect: bytes = b"") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200 and expect in response.read():
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(1.0)
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+    raise RuntimeError(f"{url} did not come up (exit code {proc.poll()}):\n{tail}")
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextlib.contextmanager
+def llmmesh_stack(run_dir: Path, port_offset: int, **env: str) -> Iterator[str]:
+    """Yields Envoy's public base URL (http://host:port)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir / "stack.log"
+    full_env = {
+        **os.environ,
+        "LLMMESH_STACK_PORT_OFFSET": str(port_offset),
+        "LLMMESH_STACK_RUN_DIR": str(run_dir),
+        # Logs at warning: a log line per request would be measured too.
+        "LLMMESH_GATEWAY_LOG_LEVEL": "WARNING",
+        "LLMMESH_MEMORY_LOG_LEVEL": "WARNING",
+        "LLMMESH_ROUTER_LOG_LEVEL": "WARNING",
+        "LLMMESH_INFERENCE_LOG_LEVEL": "WARNING",
+        **env,
+    }
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.stack"],
+            cwd=REPO,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{8080 + port_offset}"
+    try:
+        _wait(f"{base}/v1/models", proc, log, timeout_s=900, expect=b'"object":"model"')
+        yield base
+    finally:
+        _stop(proc)
+
+
+@contextlib.contextmanager
+def vllm_server(model_path: Path, port: int, run_dir: Path) -> Iterator[str]:
+    """vLLM's own OpenAI server on the same model and engine settings as llmmesh's inference."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir / "vllm-server.log"
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model_path), "--served-model-name", MODEL,
+        "--dtype", "float32", "--enforce-eager", "--max-num-seqs", "64",
+        "--host", "127.0.0.1", "--port", str(port), "--disable-log-stats",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "2"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait(f"{base}/health", proc, log, timeout_s=600)
+        yield base
+    finally:
+        _stop(proc, signal.SIGTERM)

@@ -1,0 +1,13 @@
+"""Every benchmark `make bench` knows. A new one is a module with `run(ctx) -> Report` and a line here."""
+
+from __future__ import annotations
+
+from bench import engine_path, hops
+from bench.harness import Benchmark
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "engine-path": Benchmark(
+        "engine-path", "llmmesh vs vLLM's own OpenAI server, same model and load", engine_path.run
+    ),
+    "hops": Benchmark("hops", "what Envoy, gateway, router, memory and the gRPC hops cost", hops.run),
+}

@@ -1,0 +1,60 @@
+"""The benchmark harness's parsing and formatting (the benchmarks themselves run in `make bench`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.harness import Report, Row, Target, format_report, plot_report, write_results
+from bench.hops import parse_wrk
+
+WRK_OUTPUT = """Running 4s test @ http://127.0.0.1:48080/v1/chat/completions
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   165.02ms   20.11ms 240.00ms   80.00%
+  Latency Distribution
+     50%  165.00ms
+     75%  180.00ms
+     90%  187.70ms
+     99%    1.02s
+  389 requests in 4.00s, 300.00KB read
+  Non-2xx or 3xx responses: 3
+Requests/sec:     97.20
+Transfer/sec:     75.00KB
+"""
+
+
+def test_parse_wrk_reads_rate_percentiles_and_errors() -> None:
+    figures = parse_wrk(WRK_OUTPUT)
+
+    assert figures == {"req_s": 97.2, "p50_ms": 165.0, "p90_ms": 187.7, "p99_ms": 1020.0, "errors": 3.0}
+
+
+def report() -> Report:
+    return Report(
+        benchmark="demo",
+        description="two cases",
+        rows=[Row("a", {"req_s": 1234.5, "p50_ms": 1.25}), Row("b", {"req_s": 99.0})],
+        targets=[Target("p50", 1.25, "<= 5 ms", True), Target("rate", 99.0, ">= 100", False)],
+        plot_metrics=["req_s"],
+    )
+
+
+def test_format_report_lists_every_case_and_target() -> None:
+    text = format_report(report())
+
+    assert "== demo: two cases" in text
+    assert "1,234" in text
+    assert "target p50: 1.25 (goal <= 5 ms) -> met" in text
+    assert "target rate: 99.0 (goal >= 100) -> NOT met" in text
+    row_b = next(line for line in text.splitlines() if line.startswith("b "))
+    assert row_b.split()[-1] == "-"
+
+
+def test_results_json_and_plot_are_written(tmp_path: Path) -> None:
+    path = write_results([report()], tmp_path)
+    plot_report(report(), tmp_path / "demo.png")
+
+    payload = json.loads(path.read_text())
+    assert payload["reports"][0]["rows"][0]["metrics"]["req_s"] == 1234.5
+    assert (tmp_path / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,57 @@
+"""The REST app's own behaviour that needs no upstream: request ids, error shapes."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.gateway.http_api import create_app
+from services.gateway.pipeline import ChatPipeline
+from services.gateway.settings import GatewaySettings
+
+
+@pytest.fixture(scope="module")
+def client() -> TestClient:
+    # No upstream is reached by these routes, so no pipeline is needed.
+    return TestClient(create_app(GatewaySettings(), cast(ChatPipeline, None)))
+
+
+def test_incoming_request_id_is_echoed(client: TestClient) -> None:
+    response = client.get("/healthz", headers={"x-request-id": "abc-123"})
+
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "abc-123"
+
+
+def test_a_request_id_is_made_when_none_comes(client: TestClient) -> None:
+    first = client.get("/healthz").headers["x-request-id"]
+    second = client.get("/healthz").headers["x-request-id"]
+
+    assert len(first) == 32
+    assert first != second
+
+
+def test_unknown_route_has_openai_error_shape(client: TestClient) -> None:
+    response = client.get("/v1/nothing-here")
+
+    assert response.status_code == 404
+    body: dict[str, Any] = response.json()
+    assert body["error"]["type"] == "invalid_request_error"
+    assert "x-request-id" in response.headers
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "m"}, "messages"),
+        ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2**31}, "max_tokens"),
+        ({"model": "m", "messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+    ],
+)
+def test_invalid_bodies_are_400_naming_the_param(client: TestClient, body: dict[str, Any], param: str) -> None:
+    response = client.post("/v1/chat/completions", json=body)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
