@@ -14,7 +14,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from services.stack.launcher import background_stack
+
 MODEL = "smollm2-135m-instruct"
 
 
@@ -46,35 +47,11 @@ def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> None:
 
 @contextlib.contextmanager
 def llmmesh_stack(run_dir: Path, port_offset: int, **env: str) -> Iterator[str]:
-    """Yields Envoy's public base URL (http://host:port)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log = run_dir / "stack.log"
-    full_env = {
-        **os.environ,
-        "LLMMESH_STACK_PORT_OFFSET": str(port_offset),
-        "LLMMESH_STACK_RUN_DIR": str(run_dir),
-        # Logs at warning: a log line per request would be measured too.
-        "LLMMESH_GATEWAY_LOG_LEVEL": "WARNING",
-        "LLMMESH_MEMORY_LOG_LEVEL": "WARNING",
-        "LLMMESH_ROUTER_LOG_LEVEL": "WARNING",
-        "LLMMESH_INFERENCE_LOG_LEVEL": "WARNING",
-        **env,
-    }
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.stack"],
-            cwd=REPO,
-            env=full_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{8080 + port_offset}"
-    try:
-        _wait(f"{base}/v1/models", proc, log, timeout_s=900, expect=b'"object":"model"')
-        yield base
-    finally:
-        _stop(proc)
+    """Yields Envoy's public base URL (http://host:port); service logs at warning, since a
+    log line per request would be measured too."""
+    quiet = {f"LLMMESH_{svc}_LOG_LEVEL": "WARNING" for svc in ("GATEWAY", "MEMORY", "ROUTER", "INFERENCE")}
+    with background_stack(run_dir, port_offset, {**quiet, **env}) as stack:
+        yield stack.settings.public_url
 
 
 @contextlib.contextmanager

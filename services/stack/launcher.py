@@ -1,0 +1,95 @@
+"""Starts the local stack in the background, exactly as `make run` does, for the
+integration tests and the benchmarks; stops it with Ctrl-C's signal and reports what, if
+anything, outlived it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from services.stack.settings import StackSettings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class RunningStack:
+    settings: StackSettings
+    log: Path
+    pid: int
+    # Filled in on exit: processes still alive after the stop.
+    leftovers: list[str] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.settings.public_url}/v1"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.settings.host}:{self.settings.port('public')}"
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as response:
+            return bool(response.status == 200 and b'"object":"model"' in response.read())
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _stop(proc: subprocess.Popen[bytes], descendants: list[psutil.Process]) -> list[str]:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    _, alive = psutil.wait_procs(descendants, timeout=15)
+    leftovers = []
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            leftovers.append(f"{p.pid} {' '.join(p.cmdline()[:3])}")
+            p.kill()
+    return leftovers
+
+
+@contextlib.contextmanager
+def background_stack(
+    run_dir: Path, port_offset: int, env: dict[str, str] | None = None, timeout_s: float = 900
+) -> Iterator[RunningStack]:
+    """Yields once the mesh answers /v1/models with a model through Envoy."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    extra = {"LLMMESH_STACK_PORT_OFFSET": str(port_offset), "LLMMESH_STACK_RUN_DIR": str(run_dir), **(env or {})}
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
+    settings = StackSettings(port_offset=port_offset, run_dir=run_dir)
+    log = run_dir / "stack.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.stack"], cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT
+        )
+    stack = RunningStack(settings, log, proc.pid)
+    descendants: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not _ready(f"{stack.base_url}/models"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the stack did not come up (exit code {proc.poll()}):\n{stack.log_tail(80)}")
+            time.sleep(1.0)
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+        yield stack
+    finally:
+        if proc.poll() is None:
+            stack.leftovers = _stop(proc, descendants)
