@@ -65,7 +65,12 @@ def build_server(spec: ServiceSpec, settings: ServiceSettings) -> tuple[grpc.aio
         [*spec.grpc_services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
-    server.add_insecure_port(settings.grpc_address)
+    try:
+        bound = server.add_insecure_port(settings.grpc_address)
+    except RuntimeError as exc:  # grpcio raises when the address is taken
+        raise RuntimeError(f"{spec.name}: cannot listen on {settings.grpc_address} (in use?): {exc}") from None
+    if bound == 0:
+        raise RuntimeError(f"{spec.name}: cannot listen on {settings.grpc_address} (in use?)")
     return server, health_servicer
 
 
