@@ -9,35 +9,29 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 from services.stack.launcher import background_stack
+from services.stack.readiness import http_ok
 
 MODEL = "smollm2-135m-instruct"
 
 
-def _wait(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float, expect: bytes = b"") -> None:
+def _wait(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200 and expect in response.read():
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
+    ready = http_ok(url)
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ready():
+            return
         time.sleep(1.0)
     tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
     raise RuntimeError(f"{url} did not come up (exit code {proc.poll()}):\n{tail}")
 
 
-def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> None:
+def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
-        proc.send_signal(sig)
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -73,4 +67,4 @@ def vllm_server(model_path: Path, port: int, run_dir: Path) -> Iterator[str]:
         _wait(f"{base}/health", proc, log, timeout_s=600)
         yield base
     finally:
-        _stop(proc, signal.SIGTERM)
+        _stop(proc)

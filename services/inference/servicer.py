@@ -144,7 +144,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         try:
             yield to_response(head)
             while True:
-                item, pending = (pending, None) if pending is not None else (await queue.get(), None)
+                item = pending if pending is not None else await queue.get()
+                pending = None
                 if item is _FINISHED:
                     pump.result()  # re-raise an engine failure
                     return

@@ -10,14 +10,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
+from services.stack.readiness import mesh_ready
 from services.stack.settings import StackSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,14 +40,6 @@ class RunningStack:
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2.0) as response:
-            return bool(response.status == 200 and b'"object":"model"' in response.read())
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def _stop(proc: subprocess.Popen[bytes], descendants: list[psutil.Process]) -> list[str]:
@@ -84,7 +75,8 @@ def background_stack(
     descendants: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + timeout_s
-        while not _ready(f"{stack.base_url}/models"):
+        ready = mesh_ready(settings.public_url)
+        while not ready():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the stack did not come up (exit code {proc.poll()}):\n{stack.log_tail(80)}")
             time.sleep(1.0)

@@ -44,6 +44,11 @@ def http_ok(url: str, expect: bytes = b"") -> Callable[[], bool]:
     return check
 
 
+def mesh_ready(public_url: str) -> Callable[[], bool]:
+    """The mesh answers through Envoy once the router has discovered a model to route to."""
+    return http_ok(f"{public_url}/v1/models", b'"object":"model"')
+
+
 def redis_pong(url: str) -> Callable[[], bool]:
     def check() -> bool:
         try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from honcho.manager import Manager
 
-from services.stack.readiness import Probe, grpc_serving, http_ok, redis_pong, wait_ready
+from services.stack.readiness import Probe, grpc_serving, http_ok, mesh_ready, redis_pong, wait_ready
 from services.stack.settings import StackSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -176,8 +176,7 @@ def probes(settings: StackSettings, redis_url: str) -> list[Probe]:
         grpc("inference", "llmmesh.inference.v1.InferenceService"),
         Probe("gateway", http_ok(f"http://{host}:{settings.port('gateway_http')}/healthz")),
         Probe("envoy", http_ok(f"http://{host}:{settings.port('admin')}/ready", b"LIVE")),
-        # Ready when the router has discovered the inference service's models.
-        Probe("mesh", http_ok(f"{settings.public_url}/v1/models", b'"object":"model"')),
+        Probe("mesh", mesh_ready(settings.public_url)),
     ]
 
 
