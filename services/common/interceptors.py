@@ -27,8 +27,9 @@ def _request_id(metadata: Any) -> str:
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, translate: Callable[[Exception], MeshError | None] | None = None) -> None:
         self._service = service
+        self._translate = translate
 
     async def intercept_service(
         self,
@@ -78,7 +79,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             try:
                 return await behavior(request, context)
             except Exception as exc:  # noqa: BLE001 - mapped to a status below
-                await _abort_for(exc, context)
+                await _abort_for(self._translate(exc) if self._translate else None, exc, context)
             finally:
                 self._record(method, started, context)
 
@@ -92,18 +93,20 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 async for response in behavior(request, context):
                     yield response
             except Exception as exc:  # noqa: BLE001 - mapped to a status below
-                await _abort_for(exc, context)
+                await _abort_for(self._translate(exc) if self._translate else None, exc, context)
             finally:
                 self._record(method, started, context)
 
         return wrapper
 
 
-async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext) -> None:
+async def _abort_for(translated: MeshError | None, exc: Exception, context: grpc.aio.ServicerContext) -> None:
     """Turns a domain exception into the call's status; re-raises what is already a status."""
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
-    if isinstance(exc, MeshError):
+    if translated is not None:
+        error = translated
+    elif isinstance(exc, MeshError):
         error = exc
     elif isinstance(exc, ValueError):
         error = MeshError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), "invalid_request_error")

@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.errors import MeshError
 from services.common.interceptors import ServerInterceptor
 from services.common.logging import configure_logging
 from services.common.metrics import start_metrics_endpoint
@@ -27,6 +28,7 @@ from services.common.settings import ServiceSettings
 log = logging.getLogger(__name__)
 
 Registrar = Callable[[grpc.aio.Server], None]
+ErrorTranslator = Callable[[Exception], MeshError | None]
 
 
 @dataclass
@@ -47,11 +49,13 @@ class ServiceSpec:
     grpc_services: Sequence[str]
     register: Registrar
     sidecars: list[Sidecar] = field(default_factory=list)
+    # Maps the service's own failures (e.g. a store that went away) to statuses; None: not mine.
+    translate_error: ErrorTranslator | None = None
 
 
 def build_server(spec: ServiceSpec, settings: ServiceSettings) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     server = grpc.aio.server(
-        interceptors=[ServerInterceptor(spec.name)],
+        interceptors=[ServerInterceptor(spec.name, spec.translate_error)],
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),

@@ -14,6 +14,7 @@ _HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
     grpc.StatusCode.OUT_OF_RANGE: (400, "invalid_request_error"),
     grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid_request_error"),
     grpc.StatusCode.NOT_FOUND: (404, "invalid_request_error"),
+    grpc.StatusCode.ALREADY_EXISTS: (409, "invalid_request_error"),
     grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error"),
     grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error"),
     grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
@@ -26,30 +27,41 @@ _HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
 class APIError(Exception):
     """An error answered to the client in OpenAI's shape."""
 
-    def __init__(self, status: int, message: str, type_: str, code: str | None = None, param: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type_
         self.code = code
         self.param = param
+        self.headers = headers or {}
 
     @classmethod
     def invalid(cls, message: str, param: str | None = None, code: str | None = None) -> APIError:
         return cls(400, message, "invalid_request_error", code, param)
 
     @classmethod
-    def from_mesh(cls, error: MeshError) -> APIError:
+    def from_mesh(cls, error: MeshError, retry_after_s: int = 0) -> APIError:
+        """`retry_after_s` > 0: a 503 (a dependency is down) tells the client when to retry."""
         status, type_ = _HTTP.get(error.code, (500, "server_error"))
         reason = error.reason or None
         if reason == "invalid_request_error":  # a type, not a code
             reason = None
         param = {"context_length_exceeded": "messages", "model_not_found": "model"}.get(reason or "")
-        return cls(status, error.message, type_, reason, param)
+        headers = {"Retry-After": str(retry_after_s)} if status == 503 and retry_after_s > 0 else None
+        return cls(status, error.message, type_, reason, param, headers)
 
     @classmethod
-    def from_rpc(cls, exc: grpc.aio.AioRpcError) -> APIError:
-        return cls.from_mesh(from_rpc_error(exc))
+    def from_rpc(cls, exc: grpc.aio.AioRpcError, retry_after_s: int = 0) -> APIError:
+        return cls.from_mesh(from_rpc_error(exc), retry_after_s)
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

@@ -20,14 +20,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.context import REQUEST_ID_HEADER, new_request_id, request_id_var
 from services.common.errors import MeshError
+from services.gateway.clients import MeshClients
 from services.gateway.errors import APIError
 from services.gateway.pipeline import Accepted, ChatPipeline, ChatTurn, ChoiceDone, Delta, Done
 from services.gateway.protocol import ChatCompletionRequest
+from services.gateway.sessions import create_router
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
 SESSION_HEADER = "X-Session-Id"
+RECALL_HEADER = "X-Llmmesh-Recall"
 
 HTTP_REQUESTS = Counter(
     "llmmesh_gateway_http_requests_total", "REST requests by route and status.", ["route", "status"]
@@ -40,7 +43,7 @@ def _sse(payload: dict[str, Any]) -> bytes:
 
 
 def _error_response(error: APIError, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+    return JSONResponse(error.body(), status_code=error.status, headers={**error.headers, **(headers or {})})
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -54,7 +57,17 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"Invalid value for '{param}': {first.get('msg', 'invalid')}.", param
 
 
-_KNOWN_ROUTES = {"/v1/chat/completions", "/v1/models", "/healthz", "/metrics", "/docs", "/openapi.json"}
+_KNOWN_ROUTES = {
+    "/v1/chat/completions",
+    "/v1/models",
+    "/v1/sessions",
+    "/v1/memories",
+    "/v1/memories/search",
+    "/healthz",
+    "/metrics",
+    "/docs",
+    "/openapi.json",
+}
 _REQUEST_ID_HEADER = REQUEST_ID_HEADER.encode()
 
 
@@ -88,10 +101,16 @@ class RequestContextMiddleware:
             HTTP_REQUESTS.labels(path, str(status)).inc()
 
 
-def create_app(settings: GatewaySettings, pipeline: ChatPipeline) -> FastAPI:
+def create_app(settings: GatewaySettings, pipeline: ChatPipeline, clients: MeshClients) -> FastAPI:
     app = FastAPI(title="llmmesh", version="0.1.0", description="OpenAI-compatible chat API of the llmmesh mesh.")
 
     app.add_middleware(RequestContextMiddleware)
+
+    def tenant() -> str:
+        # Every request is the default tenant's until API keys map callers to tenants.
+        return settings.default_tenant
+
+    app.include_router(create_router(settings, clients, tenant))
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -114,7 +133,7 @@ def create_app(settings: GatewaySettings, pipeline: ChatPipeline) -> FastAPI:
 
     @app.exception_handler(MeshError)
     async def on_mesh_error(request: Request, exc: MeshError) -> JSONResponse:
-        return _error_response(APIError.from_mesh(exc))
+        return _error_response(APIError.from_mesh(exc, settings.retry_after_s))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -141,33 +160,39 @@ def create_app(settings: GatewaySettings, pipeline: ChatPipeline) -> FastAPI:
         session_id = body.session_id or x_session_id or ""
         turn = ChatTurn(
             request_id=request_id_var.get(),
-            tenant=settings.default_tenant,
+            tenant=tenant(),
             model=body.model,
             messages=body.to_messages(),
             sampling=body.to_sampling(),
             session_id=session_id,
             tools_json=json.dumps(body.tools) if body.tools else "",
+            user=body.user or "",
         )
         headers = {SESSION_HEADER: session_id} if session_id else {}
         completion = _Completion(turn, body)
+        events = pipeline.run(turn)
+        # The decision (Accepted) comes first: a bad request fails here, before any 200.
+        first = await _unless_disconnected(request, _first_event(events))
+        if first.recall_skipped:
+            headers[RECALL_HEADER] = "skipped"
         if body.stream:
-            events = pipeline.run(turn)
-            # Fail before the 200 when the request itself is bad (unknown model, context too long, ...).
-            first = await _first_event(events)
             return StreamingResponse(
                 completion.sse(first, events),
                 media_type="text/event-stream",
                 headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        result = await _unless_disconnected(request, completion.collect(pipeline.run(turn)))
+        result = await _unless_disconnected(request, completion.collect(events))
         return JSONResponse(result, headers=headers)
 
     return app
 
 
-async def _first_event(events: AsyncIterator[Any]) -> Any:
+async def _first_event(events: AsyncIterator[Any]) -> Accepted:
     """The Accepted event: once it is here, the request is good and the stream may start."""
-    return await anext(events)
+    first = await anext(events)
+    if not isinstance(first, Accepted):
+        raise MeshError(*_NO_RESULT)
+    return first
 
 
 async def _unless_disconnected(request: Request, work: Any) -> Any:
@@ -268,7 +293,7 @@ class _Completion:
                 event = await anext(events)
         except MeshError as exc:
             # Headers are gone already: the error travels in the stream, as OpenAI does it.
-            yield _sse(APIError.from_mesh(exc).body())
+            yield _sse(APIError.from_mesh(exc, 0).body())
         except StopAsyncIteration:
             yield _sse(APIError.from_mesh(MeshError(*_NO_RESULT)).body())
         yield b"data: [DONE]\n\n"

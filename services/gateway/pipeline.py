@@ -1,28 +1,39 @@
 """The chat pipeline every front end (REST, gRPC) runs:
 
-    (memory.GetContext || router.Route) -> inference.Generate (bidi stream) -> memory.Append
+    (memory.GetContext || router.Route) -> inference.Generate (bidi stream) -> answer
+                                                                 └-> memory.Append, in the background
 
-It yields domain events; the front ends only translate them to their wire formats.
+It yields domain events; the front ends only translate them to their wire formats. The turn
+is stored after the answer is complete, off the response path, with retries (the append is
+idempotent on the turn id): a client never waits for it, and never sees it fail.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
+from prometheus_client import Counter
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from llmmesh.common.v1 import chat_pb2 as common_pb2
-from llmmesh.inference.v1 import inference_pb2, inference_pb2_grpc
-from llmmesh.memory.v1 import memory_pb2, memory_pb2_grpc
-from llmmesh.router.v1 import router_pb2, router_pb2_grpc
-from services.common.channels import insecure_channel
+from llmmesh.inference.v1 import inference_pb2
+from llmmesh.memory.v1 import memory_pb2
+from llmmesh.router.v1 import router_pb2
 from services.common.errors import MeshError, from_rpc_error
+from services.gateway.clients import MeshClients
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
+
+APPENDS = Counter(
+    "llmmesh_gateway_memory_appends_total", "Turns handed to memory after the answer, by outcome.", ["outcome"]
+)
 
 
 @dataclass
@@ -36,6 +47,11 @@ class ChatTurn:
     sampling: common_pb2.SamplingParams
     session_id: str = ""
     tools_json: str = ""
+    # OpenAI's `user`: the end user, for long-term memory across sessions.
+    user: str = ""
+    started_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    # Unique per turn (the request id may repeat: clients may send their own).
+    turn_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass
@@ -45,6 +61,11 @@ class Accepted:
     agent: str
     backend_model: str
     prompt_tokens: int
+    # History turns dropped to fit the context, memories in the prompt, and whether recall
+    # had to be skipped (long-term memory unreachable).
+    dropped_turns: int = 0
+    memories_used: int = 0
+    recall_skipped: bool = False
 
 
 @dataclass
@@ -81,56 +102,85 @@ def _merge_sampling(
     return merged
 
 
-def assemble_prompt(
-    system_prompt: str, history: list[common_pb2.ChatMessage], new: list[common_pb2.ChatMessage]
-) -> list[common_pb2.ChatMessage]:
-    """System first (the client's own, else the agent's persona), then history, then the new turn."""
-    client_system = [m for m in new if m.role in ("system", "developer")]
-    rest = [m for m in new if m.role not in ("system", "developer")]
+def _is_system(message: common_pb2.ChatMessage) -> bool:
+    return message.role in ("system", "developer")
+
+
+def assemble_prompt(system_prompt: str, new: list[common_pb2.ChatMessage]) -> list[common_pb2.ChatMessage]:
+    """System first (the client's own, else the session's or agent's), then the new turn. The
+    inference service puts the history and recalled memories between the two."""
+    client_system = [m for m in new if _is_system(m)]
+    rest = [m for m in new if not _is_system(m)]
     if client_system:
         system = client_system
     elif system_prompt:
         system = [common_pb2.ChatMessage(role="system", content=system_prompt)]
     else:
         system = []
-    return [*system, *history, *rest]
+    return [*system, *rest]
+
+
+def memory_line(memory: memory_pb2.Memory) -> str:
+    speaker = "The user said" if memory.role == "user" else "You said"
+    return f"{speaker}: {memory.text}"
+
+
+def window_after_trim(window: list[memory_pb2.Turn], dropped: int) -> int:
+    """The first seq of the short-term window once `dropped` oldest turns left the prompt."""
+    if dropped <= 0 or not window:
+        return 0
+    if dropped < len(window):
+        return int(window[dropped].seq)
+    return int(window[-1].seq) + 1
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+    )
 
 
 class ChatPipeline:
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, clients: MeshClients) -> None:
         self._settings = settings
-        self._channels = [
-            insecure_channel(settings.memory_target),
-            insecure_channel(settings.router_target),
-            insecure_channel(settings.inference_target),
-        ]
-        self.memory = memory_pb2_grpc.MemoryServiceStub(self._channels[0])
-        self.router = router_pb2_grpc.RouterServiceStub(self._channels[1])
-        self.inference = inference_pb2_grpc.InferenceServiceStub(self._channels[2])
+        self._clients = clients
+        self._appends: set[asyncio.Task[None]] = set()
+
+    @property
+    def pending_appends(self) -> int:
+        """Finished turns still being stored."""
+        return len(self._appends)
 
     async def close(self) -> None:
-        await asyncio.gather(*(c.close() for c in self._channels))
+        """Lets the turns still being stored finish (bounded), then closes the channels."""
+        if self._appends:
+            await asyncio.wait(self._appends, timeout=self._settings.append_retry_s)
+        await self._clients.close()
 
     async def list_models(self) -> list[router_pb2.Model]:
         try:
-            reply = await self.router.ListModels(
+            reply = await self._clients.router.ListModels(
                 router_pb2.ListModelsRequest(), timeout=self._settings.upstream_timeout_s
             )
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
         return list(reply.models)
 
-    async def _history(self, turn: ChatTurn) -> list[common_pb2.ChatMessage]:
+    async def _context(self, turn: ChatTurn) -> memory_pb2.GetContextResponse:
         if not turn.session_id:
-            return []
-        reply = await self.memory.GetContext(
-            memory_pb2.GetContextRequest(tenant=turn.tenant, session_id=turn.session_id),
+            return memory_pb2.GetContextResponse()
+        query = next((m.content for m in reversed(turn.messages) if m.role == "user"), "")
+        reply: memory_pb2.GetContextResponse = await self._clients.memory.GetContext(
+            memory_pb2.GetContextRequest(tenant=turn.tenant, session_id=turn.session_id, user=turn.user, query=query),
             timeout=self._settings.upstream_timeout_s,
         )
-        return list(reply.messages)
+        return reply
 
     async def _route(self, turn: ChatTurn) -> router_pb2.RouteResponse:
-        reply: router_pb2.RouteResponse = await self.router.Route(
+        reply: router_pb2.RouteResponse = await self._clients.router.Route(
             router_pb2.RouteRequest(model=turn.model, messages=turn.messages, tenant=turn.tenant),
             timeout=self._settings.upstream_timeout_s,
         )
@@ -138,28 +188,43 @@ class ChatPipeline:
 
     async def run(self, turn: ChatTurn) -> AsyncIterator[Event]:
         """Runs one turn. A bad request raises MeshError before the first event (Accepted);
-        cancelling the consumer cancels the engine request."""
+        cancelling the consumer cancels the engine request (and the turn is not stored)."""
         try:
-            history, route = await asyncio.gather(self._history(turn), self._route(turn))
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from None
+            async with asyncio.TaskGroup() as group:
+                context_call = group.create_task(self._context(turn))
+                route_call = group.create_task(self._route(turn))
+        except* grpc.aio.AioRpcError as failures:
+            raise from_rpc_error(failures.exceptions[0]) from None
+        context, route = context_call.result(), route_call.result()
 
+        system_prompt = context.session.system_prompt or route.agent.system_prompt
         start = inference_pb2.StartGeneration(
             request_id=turn.request_id,
             model=route.backend_model,
-            messages=assemble_prompt(route.agent.system_prompt, history, turn.messages),
+            messages=assemble_prompt(system_prompt, turn.messages),
             sampling=_merge_sampling(turn.sampling, route.agent.sampling_defaults),
             tools_json=turn.tools_json,
+            history=[inference_pb2.HistoryTurn(seq=t.seq, messages=t.messages) for t in context.window],
+            memories=[memory_line(m) for m in context.recalled],
         )
         texts: dict[int, list[str]] = {}
         finish: dict[int, str] = {}
-        call = self.inference.Generate()
+        dropped = 0
+        call = self._clients.inference.Generate()
         try:
             await call.write(inference_pb2.GenerateRequest(start=start))
             async for reply in call:
                 kind = reply.WhichOneof("event")
                 if kind == "started":
-                    yield Accepted(route.agent.name, route.backend_model, reply.started.prompt_tokens)
+                    dropped = reply.started.dropped_turns
+                    yield Accepted(
+                        route.agent.name,
+                        route.backend_model,
+                        reply.started.prompt_tokens,
+                        dropped,
+                        reply.started.memories_used,
+                        context.recall_skipped,
+                    )
                 elif kind == "delta":
                     texts.setdefault(reply.delta.index, []).append(reply.delta.text)
                     yield Delta(reply.delta.index, reply.delta.text)
@@ -167,8 +232,11 @@ class ChatPipeline:
                     finish[reply.choice_end.index] = reply.choice_end.finish_reason
                     yield ChoiceDone(reply.choice_end.index, reply.choice_end.finish_reason)
                 elif kind == "end":
+                    if not reply.end.cancelled and finish.get(0) != "abort":
+                        self._remember(
+                            turn, "".join(texts.get(0, [])), window_after_trim(list(context.window), dropped)
+                        )
                     usage = reply.end.usage
-                    await self._remember(turn, "".join(texts.get(0, [])), finish.get(0, ""))
                     yield Done(usage.prompt_tokens, usage.completion_tokens, finish)
                     return
         except grpc.aio.AioRpcError as exc:
@@ -177,14 +245,40 @@ class ChatPipeline:
             call.cancel()  # no-op when finished; aborts the engine request otherwise
         raise MeshError(grpc.StatusCode.INTERNAL, "inference stream ended without a result")
 
-    async def _remember(self, turn: ChatTurn, reply: str, finish_reason: str) -> None:
-        if not turn.session_id or finish_reason == "abort":
+    def _remember(self, turn: ChatTurn, reply: str, window_start: int) -> None:
+        """Stores the finished turn in the background; the answer does not wait for it."""
+        if not turn.session_id:
             return
-        new = [m for m in turn.messages if m.role not in ("system", "developer")]
+        new = [m for m in turn.messages if not _is_system(m)]
         new.append(common_pb2.ChatMessage(role="assistant", content=reply))
-        await self.memory.Append(
-            memory_pb2.AppendRequest(
-                tenant=turn.tenant, session_id=turn.session_id, turn_id=turn.request_id, messages=new
-            ),
-            timeout=self._settings.upstream_timeout_s,
+        request = memory_pb2.AppendRequest(
+            tenant=turn.tenant,
+            session_id=turn.session_id,
+            turn_id=turn.turn_id,
+            messages=new,
+            user=turn.user,
+            started_at_ms=turn.started_at_ms,
+            window_start=window_start,
         )
+        task = asyncio.create_task(self._append(request))
+        self._appends.add(task)
+        task.add_done_callback(self._appends.discard)
+
+    async def _append(self, request: memory_pb2.AppendRequest) -> None:
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_retryable),
+                wait=wait_exponential_jitter(initial=0.1, max=5.0),
+                stop=stop_after_delay(self._settings.append_retry_s),
+                reraise=True,
+            ):
+                with attempt:
+                    await self._clients.memory.Append(request, timeout=self._settings.upstream_timeout_s)
+            APPENDS.labels("stored").inc()
+        except grpc.aio.AioRpcError as exc:
+            outcome = "session_deleted" if exc.code() == grpc.StatusCode.FAILED_PRECONDITION else "failed"
+            APPENDS.labels(outcome).inc()
+            log.warning(
+                "turn not stored",
+                extra={"session_id": request.session_id, "turn_id": request.turn_id, "code": exc.code().name},
+            )

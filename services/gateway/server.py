@@ -9,6 +9,7 @@ import uvicorn
 
 from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
 from services.common.server import ServiceSpec, Sidecar, serve
+from services.gateway.clients import MeshClients
 from services.gateway.http_api import create_app
 from services.gateway.pipeline import ChatPipeline
 from services.gateway.servicer import ChatServicer
@@ -28,10 +29,11 @@ class _HttpServer(uvicorn.Server):
 
 async def main() -> None:
     settings = GatewaySettings()
-    pipeline = ChatPipeline(settings)
+    clients = MeshClients.connect(settings)
+    pipeline = ChatPipeline(settings, clients)
     http = _HttpServer(
         uvicorn.Config(
-            create_app(settings, pipeline),
+            create_app(settings, pipeline, clients),
             host=settings.host,
             port=settings.http_port,
             loop="none",  # the service's loop is already running

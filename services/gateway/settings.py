@@ -19,3 +19,7 @@ class GatewaySettings(ServiceSettings):
     default_tenant: str = "default"
     # Seconds to wait for memory and router before failing a request.
     upstream_timeout_s: float = 10.0
+    # How long a finished turn's background append keeps retrying (it is idempotent).
+    append_retry_s: float = 30.0
+    # Seconds a client is told to wait (Retry-After) when a required dependency is down.
+    retry_after_s: int = 5

@@ -13,7 +13,7 @@ import itertools
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol
 import grpc
 
 from services.common.errors import MeshError
+from services.inference.context import FittedPrompt, fit_prompt
 from services.inference.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
@@ -48,12 +49,19 @@ class GenerationJob:
     messages: list[dict[str, Any]]
     sampling: Sampling
     tools: list[dict[str, Any]] | None = None
+    # Server-held turns (oldest first) the prompt may drop to fit, and recalled memories.
+    history: list[list[dict[str, Any]]] = field(default_factory=list)
+    memories: list[str] = field(default_factory=list)
+    # Tokens kept for the completion when trimming without max_tokens; 0: the service default.
+    completion_reserve: int = 0
 
 
 @dataclass
 class Started:
     prompt_tokens: int
     engine: str
+    dropped_turns: int = 0
+    memories_used: int = 0
 
 
 @dataclass
@@ -147,6 +155,38 @@ class ChatTokenizer:
         if isinstance(rendered, Mapping):  # a BatchEncoding, whatever return_dict said
             rendered = rendered["input_ids"]
         return [int(i) for i in rendered]
+
+    def count_text(self, text: str) -> int:
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
+
+
+@dataclass(frozen=True)
+class PromptLimits:
+    """How a prompt is fitted: the completion's share when the client set no max_tokens, and
+    the cap on recalled memories."""
+
+    completion_reserve: int = 512
+    memory_cap_tokens: int = 256
+
+
+def fit_job(
+    job: GenerationJob,
+    encode: Callable[[list[dict[str, Any]], list[dict[str, Any]] | None], list[int]],
+    count_text: Callable[[str], int],
+    context_length: int,
+    limits: PromptLimits,
+) -> FittedPrompt:
+    """The job's prompt, with history trimmed to fit (see services/inference/context.py)."""
+    reserve = job.sampling.max_tokens or job.completion_reserve or limits.completion_reserve
+    return fit_prompt(
+        lambda chat: encode(chat, job.tools),
+        count_text,
+        job.messages,
+        job.history,
+        job.memories,
+        budget=max(1, context_length - reserve),
+        memory_cap_tokens=limits.memory_cap_tokens,
+    )
 
 
 class _LoadProbe:
@@ -263,10 +303,11 @@ class VllmEngine:
             output_kind=RequestOutputKind.DELTA,
         )
 
-    async def generate(self, job: GenerationJob, prompt_ids: list[int]) -> AsyncIterator[Event]:
+    async def generate(self, job: GenerationJob, prompt: FittedPrompt) -> AsyncIterator[Event]:
         """Streams one generation; cancelling the consumer aborts it on the engine."""
         from vllm.inputs import TokensPrompt
 
+        prompt_ids = prompt.ids
         limit = self.context_length
         requested = job.sampling.max_tokens
         if len(prompt_ids) >= limit or (requested is not None and len(prompt_ids) + requested > limit):
@@ -277,7 +318,7 @@ class VllmEngine:
         completion_tokens = 0
         self.load.outstanding += 1
         try:
-            yield Started(len(prompt_ids), self.name)
+            yield Started(len(prompt_ids), self.name, prompt.dropped_turns, prompt.memories_used)
             stream = self._llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, engine_request_id)
             async for output in stream:
                 for choice in output.outputs:
@@ -311,11 +352,19 @@ def detect_devices(setting: str) -> list[str]:
 class EnginePool:
     """The engines of one model, with requests spread by fewest outstanding."""
 
-    def __init__(self, model_name: str, model_path: Path, tokenizer: ChatTokenizer, engines: list[VllmEngine]):
+    def __init__(
+        self,
+        model_name: str,
+        model_path: Path,
+        tokenizer: ChatTokenizer,
+        engines: list[VllmEngine],
+        limits: PromptLimits | None = None,
+    ):
         self.model_name = model_name
         self.model_path = model_path
         self.tokenizer = tokenizer
         self.engines = engines
+        self.limits = limits or PromptLimits()
 
     @classmethod
     def start(cls, settings: InferenceSettings, model_path: Path) -> EnginePool:
@@ -324,7 +373,8 @@ class EnginePool:
         devices = detect_devices(settings.devices)
         log.info("starting engines", extra={"devices": devices, "model": str(model_path)})
         engines = [VllmEngine(f"engine-{i}", device, model_path, settings) for i, device in enumerate(devices)]
-        return cls(settings.served_model_name, model_path, ChatTokenizer(model_path), engines)
+        limits = PromptLimits(settings.completion_reserve_tokens, settings.recall_max_tokens)
+        return cls(settings.served_model_name, model_path, ChatTokenizer(model_path), engines, limits)
 
     @property
     def context_length(self) -> int:
@@ -352,9 +402,13 @@ class EnginePool:
 
     async def generate(self, job: GenerationJob) -> AsyncIterator[Event]:
         self._check_model(job.model)
-        prompt_ids = self.tokenizer.encode_chat(job.messages, job.tools)
+        tokenizer = self.tokenizer
+        # Tokenizing and templating are CPU work: off the event loop.
+        prompt = await asyncio.to_thread(
+            fit_job, job, tokenizer.encode_chat, tokenizer.count_text, self.context_length, self.limits
+        )
         engine = min(self.engines, key=lambda e: e.load.outstanding)
-        async for event in engine.generate(job, prompt_ids):
+        async for event in engine.generate(job, prompt):
             yield event
 
     def load(self) -> list[LoadFigures]:

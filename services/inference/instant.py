@@ -14,14 +14,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from services.inference.engine import (
+    ChatTokenizer,
     ChoiceEnd,
     Delta,
     End,
     Event,
     GenerationJob,
     LoadFigures,
+    PromptLimits,
     Started,
     context_length_error,
+    fit_job,
     unknown_model_error,
 )
 
@@ -32,9 +35,23 @@ _YIELD_EVERY = 64
 
 
 class InstantBackend:
-    def __init__(self, model_name: str) -> None:
+    """With `tokenizer`, prompts are counted (and trimmed) with a real model's tokenizer and
+    chat template, so the fast test tier runs the same context fitting as the engine."""
+
+    def __init__(
+        self,
+        model_name: str,
+        tokenizer: ChatTokenizer | None = None,
+        context_length: int = INSTANT_CONTEXT,
+        limits: PromptLimits | None = None,
+    ) -> None:
         self.model_name = model_name
+        self._tokenizer = tokenizer
+        self._context_length = context_length
+        self._limits = limits or PromptLimits()
         self._load = LoadFigures(engine="instant-0", model=model_name, device="none")
+        # The last prompt generated for, so in-process tests can see what the model got.
+        self.last_prompt: list[dict[str, Any]] = []
 
     @property
     def source(self) -> str:
@@ -46,27 +63,33 @@ class InstantBackend:
 
     @property
     def context_length(self) -> int:
-        return INSTANT_CONTEXT
+        return self._context_length
 
-    @staticmethod
-    def _prompt_tokens(messages: list[dict[str, Any]]) -> int:
-        return sum(len(str(m.get("content", "")).split()) + 1 for m in messages)
+    def _encode(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        if self._tokenizer is not None:
+            return self._tokenizer.encode_chat(messages, tools)
+        return [0] * sum(len(str(m.get("content", "")).split()) + 1 for m in messages)
+
+    def _count_text(self, text: str) -> int:
+        return self._tokenizer.count_text(text) if self._tokenizer is not None else len(text.split())
 
     async def count_tokens(self, model: str, messages: list[dict[str, Any]]) -> int:
         if model != self.model_name:
             raise unknown_model_error(model)
-        return self._prompt_tokens(messages)
+        return len(self._encode(messages))
 
     async def generate(self, job: GenerationJob) -> AsyncIterator[Event]:
         if job.model != self.model_name:
             raise unknown_model_error(job.model)
-        prompt_tokens = self._prompt_tokens(job.messages)
+        prompt = fit_job(job, self._encode, self._count_text, self._context_length, self._limits)
+        prompt_tokens = len(prompt.ids)
         wanted = job.sampling.max_tokens or DEFAULT_TOKENS
-        if prompt_tokens + wanted > INSTANT_CONTEXT:
-            raise context_length_error(prompt_tokens, wanted, INSTANT_CONTEXT)
+        if prompt_tokens + wanted > self._context_length:
+            raise context_length_error(prompt_tokens, job.sampling.max_tokens, self._context_length)
+        self.last_prompt = prompt.messages
         self._load.outstanding += 1
         try:
-            yield Started(prompt_tokens, self._load.engine)
+            yield Started(prompt_tokens, self._load.engine, prompt.dropped_turns, prompt.memories_used)
             for index in range(job.sampling.n):
                 for produced in range(wanted):
                     yield Delta(index, " tok", 1)

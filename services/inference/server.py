@@ -6,6 +6,7 @@ import asyncio
 
 from llmmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.common.server import ServiceSpec, serve
+from services.inference.embedder import Embedder
 from services.inference.engine import Backend, EnginePool
 from services.inference.instant import InstantBackend
 from services.inference.model_store import prepare_default_model
@@ -18,8 +19,11 @@ SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].ful
 async def main() -> None:
     settings = InferenceSettings()
     holder: dict[str, Backend] = {}
+    embedders: list[Embedder] = []
 
     async def startup() -> None:
+        if settings.embeddings:
+            embedders.append(await asyncio.to_thread(Embedder.load))
         if settings.backend == "instant":
             holder["pool"] = InstantBackend(settings.served_model_name)
             return
@@ -33,7 +37,8 @@ async def main() -> None:
             holder["pool"].shutdown()
 
     def register(server: object) -> None:
-        inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(holder["pool"]), server)
+        servicer = InferenceServicer(holder["pool"], embedders[0] if embedders else None)
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
 
     spec = ServiceSpec(name="inference", grpc_services=[SERVICE_NAME], register=register)
     await serve(spec, settings, startup=startup, shutdown=shutdown)

@@ -19,6 +19,7 @@ import grpc
 from llmmesh.common.v1 import chat_pb2 as common_pb2
 from llmmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.common.errors import MeshError
+from services.inference.embedder import Embedder
 from services.inference.engine import (
     Backend,
     ChoiceEnd,
@@ -69,12 +70,17 @@ def to_sampling(params: common_pb2.SamplingParams) -> Sampling:
 def to_job(start: inference_pb2.StartGeneration) -> GenerationJob:
     if not start.messages:
         raise ValueError("messages must not be empty")
+    if start.completion_reserve < 0:
+        raise ValueError("completion_reserve must not be negative")
     return GenerationJob(
         request_id=start.request_id or "anonymous",
         model=start.model,
         messages=[to_message(m) for m in start.messages],
         sampling=to_sampling(start.sampling),
         tools=json.loads(start.tools_json) if start.tools_json else None,
+        history=[[to_message(m) for m in turn.messages] for turn in start.history],
+        memories=list(start.memories),
+        completion_reserve=start.completion_reserve,
     )
 
 
@@ -94,7 +100,12 @@ def to_response(event: Event) -> inference_pb2.GenerateResponse:
         )
     if isinstance(event, Started):
         return inference_pb2.GenerateResponse(
-            started=inference_pb2.GenerationStarted(prompt_tokens=event.prompt_tokens, engine=event.engine)
+            started=inference_pb2.GenerationStarted(
+                prompt_tokens=event.prompt_tokens,
+                engine=event.engine,
+                dropped_turns=event.dropped_turns,
+                memories_used=event.memories_used,
+            )
         )
     if isinstance(event, ChoiceEnd):
         return inference_pb2.GenerateResponse(
@@ -121,9 +132,33 @@ def _coalesce(first: Delta, queue: asyncio.Queue[Any]) -> tuple[Delta, Any]:
         tokens += item.tokens
 
 
+MAX_EMBED_TEXTS = 2048
+
+
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, pool: Backend) -> None:
+    def __init__(self, pool: Backend, embedder: Embedder | None = None) -> None:
         self._pool = pool
+        self._embedder = embedder
+
+    async def Embed(
+        self, request: inference_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.EmbedResponse:
+        embedder = self._embedder
+        if embedder is None:
+            raise MeshError(grpc.StatusCode.UNIMPLEMENTED, "this inference service serves no embedding model")
+        if len(request.texts) > MAX_EMBED_TEXTS:
+            raise MeshError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"at most {MAX_EMBED_TEXTS} texts per call",
+                "invalid_request_error",
+            )
+        vectors, tokens = await embedder.aembed(list(request.texts))
+        return inference_pb2.EmbedResponse(
+            embeddings=[inference_pb2.Embedding(values=v) for v in vectors],
+            model=embedder.name,
+            dimensions=embedder.dimensions,
+            prompt_tokens=tokens,
+        )
 
     async def Generate(
         self, request_iterator: AsyncIterator[inference_pb2.GenerateRequest], context: grpc.aio.ServicerContext

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
@@ -29,6 +30,13 @@ class InferenceSettings(ServiceSettings):
     cpu_kv_cache_gib: int = 2
     gpu_memory_utilization: float = 0.85
     max_num_seqs: int = 64
+    # Tokens kept free for the completion when a conversation is trimmed to fit and the
+    # client set no max_tokens.
+    completion_reserve_tokens: int = Field(default=512, ge=1)
+    # Recalled long-term memories take at most this many prompt tokens.
+    recall_max_tokens: int = Field(default=256, ge=0)
+    # The embedding model (all-MiniLM-L6-v2, packaged); off: no Embed RPC (and no recall).
+    embeddings: bool = True
     seed: int = 0
     # "vllm"; or "instant": a benchmark-only backend that answers at once with no model
     # (see services/inference/instant.py). Never use it to serve users.

@@ -1,27 +1,75 @@
-"""Memory service bootstrap."""
+"""Memory service bootstrap: Redis (sessions, history, the indexing queue), the vector store
+(embedded Qdrant or a Qdrant server), the inference service for embeddings, the indexer."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
+import redis.asyncio as redis
+
+from llmmesh.inference.v1 import inference_pb2_grpc
 from llmmesh.memory.v1 import memory_pb2, memory_pb2_grpc
+from services.common.channels import insecure_channel
+from services.common.errors import MeshError
 from services.common.server import ServiceSpec, serve
+from services.memory.core import MemoryCore, RecallPolicy, store_unavailable
+from services.memory.embedding import RemoteEmbeddings
+from services.memory.indexer import Indexer
 from services.memory.servicer import MemoryServicer
 from services.memory.settings import MemorySettings
-from services.memory.store import HistoryStore
+from services.memory.store import SessionStore
+from services.memory.vectors import VectorStore, open_vector_store
 
 SERVICE_NAME = memory_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name
 
 
+def translate_error(exc: Exception) -> MeshError | None:
+    """Redis going away is UNAVAILABLE (the client may retry), never INTERNAL."""
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return store_unavailable(exc)
+    return None
+
+
 async def main() -> None:
     settings = MemorySettings()
-    store = HistoryStore.from_url(settings.redis_url, settings.history_ttl_s)
-    servicer = MemoryServicer(store)
+    store = SessionStore.from_url(
+        settings.redis_url, settings.history_ttl_s, settings.max_stored_turns, settings.redis_timeout_s
+    )
+    channel = insecure_channel(settings.inference_target)
+    embeddings = RemoteEmbeddings(inference_pb2_grpc.InferenceServiceStub(channel), settings.embed_timeout_s)
+    vectors: VectorStore = open_vector_store(
+        settings.qdrant_url, settings.data_dir / "qdrant", api_key=settings.qdrant_api_key or None
+    )
+    core = MemoryCore(
+        store,
+        vectors,
+        embeddings,
+        window_turns=settings.window_turns,
+        recall=RecallPolicy(settings.recall_top_k, settings.recall_threshold, settings.dedup_similarity),
+    )
+    indexer = Indexer(
+        store, vectors, embeddings, batch=settings.index_batch, claim_idle_ms=settings.index_claim_idle_ms
+    )
+    tasks: list[asyncio.Task[None]] = []
 
     async def startup() -> None:
         await store.ping()  # fail fast when Redis is not there
+        tasks.append(asyncio.create_task(indexer.run()))
+
+    async def shutdown() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await vectors.close()
+        await store.close()
+        await channel.close()
 
     spec = ServiceSpec(
         name="memory",
         grpc_services=[SERVICE_NAME],
-        register=lambda server: memory_pb2_grpc.add_MemoryServiceServicer_to_server(servicer, server),
+        register=lambda server: memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(core), server),
+        translate_error=translate_error,
     )
-    await serve(spec, settings, startup=startup, shutdown=store.close)
+    await serve(spec, settings, startup=startup, shutdown=shutdown)

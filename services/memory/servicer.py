@@ -1,4 +1,4 @@
-"""MemoryService RPCs over the history store; proto <-> domain mapping lives here."""
+"""MemoryService RPCs over the memory core; proto <-> domain mapping lives here."""
 
 from __future__ import annotations
 
@@ -7,12 +7,28 @@ import grpc
 from llmmesh.common.v1 import chat_pb2
 from llmmesh.memory.v1 import memory_pb2, memory_pb2_grpc
 from services.common.errors import MeshError
-from services.memory.store import HistoryStore, StoredMessage
+from services.memory.core import MemoryCore
+from services.memory.store import SessionDeletedError, SessionInfo, StoredMessage, StoredTurn
+from services.memory.vectors import MemoryRecord, ScoredRecord
+
+MAX_ID = 256
 
 
-def _require_session(tenant: str, session_id: str) -> None:
+def _invalid(message: str) -> MeshError:
+    return MeshError(grpc.StatusCode.INVALID_ARGUMENT, message, "invalid_request_error")
+
+
+def _require(tenant: str, session_id: str = "-") -> None:
     if not tenant or not session_id:
-        raise MeshError(grpc.StatusCode.INVALID_ARGUMENT, "tenant and session_id are required", "invalid_request_error")
+        raise _invalid("tenant and session_id are required")
+    if len(session_id) > MAX_ID:
+        raise _invalid(f"session_id is longer than {MAX_ID} characters")
+
+
+def _page(limit: int, default: int, most: int) -> int:
+    if limit < 0 or limit > most:
+        raise _invalid(f"limit must be between 1 and {most}")
+    return limit or default
 
 
 def to_stored(message: chat_pb2.ChatMessage) -> StoredMessage:
@@ -35,30 +51,159 @@ def to_proto(message: StoredMessage) -> chat_pb2.ChatMessage:
     )
 
 
+def session_proto(session: SessionInfo) -> memory_pb2.Session:
+    return memory_pb2.Session(
+        id=session.id,
+        created_at=session.created_at,
+        updated_at=session.updated_at,
+        system_prompt=session.system_prompt,
+        metadata=session.metadata,
+        turns=session.turns,
+        user=session.user,
+    )
+
+
+def turn_proto(turn: StoredTurn) -> memory_pb2.Turn:
+    return memory_pb2.Turn(turn_id=turn.turn_id, seq=turn.seq, messages=[to_proto(m) for m in turn.messages])
+
+
+def memory_proto(record: MemoryRecord, score: float = 0.0) -> memory_pb2.Memory:
+    return memory_pb2.Memory(
+        id=record.id,
+        text=record.text,
+        role=record.role,
+        session_id=record.session_id,
+        user=record.user,
+        seq=record.seq,
+        created_at=record.created_at,
+        score=score,
+    )
+
+
+def scored_proto(found: ScoredRecord) -> memory_pb2.Memory:
+    return memory_proto(found.record, found.score)
+
+
 class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
-    def __init__(self, store: HistoryStore) -> None:
-        self._store = store
+    def __init__(self, core: MemoryCore) -> None:
+        self._core = core
 
     async def GetContext(
         self, request: memory_pb2.GetContextRequest, context: grpc.aio.ServicerContext
     ) -> memory_pb2.GetContextResponse:
-        _require_session(request.tenant, request.session_id)
-        history = await self._store.history(request.tenant, request.session_id)
-        return memory_pb2.GetContextResponse(messages=[to_proto(m) for m in history])
+        _require(request.tenant, request.session_id)
+        found = await self._core.context(request.tenant, request.session_id, request.user, request.query)
+        return memory_pb2.GetContextResponse(
+            session=session_proto(found.session) if found.session else None,
+            window=[turn_proto(t) for t in found.window],
+            recalled=[scored_proto(r) for r in found.recalled],
+            recall_skipped=found.recall_skipped,
+        )
 
     async def Append(
         self, request: memory_pb2.AppendRequest, context: grpc.aio.ServicerContext
     ) -> memory_pb2.AppendResponse:
-        _require_session(request.tenant, request.session_id)
+        _require(request.tenant, request.session_id)
         if not request.turn_id:
-            raise MeshError(grpc.StatusCode.INVALID_ARGUMENT, "turn_id is required", "invalid_request_error")
-        appended, stored = await self._store.append(
-            request.tenant, request.session_id, request.turn_id, [to_stored(m) for m in request.messages]
+            raise _invalid("turn_id is required")
+        try:
+            appended, stored, seq = await self._core.append(
+                request.tenant,
+                request.session_id,
+                request.turn_id,
+                [to_stored(m) for m in request.messages],
+                user=request.user,
+                started_at_ms=request.started_at_ms,
+                window_start=request.window_start,
+            )
+        except SessionDeletedError:
+            raise MeshError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"Session '{request.session_id}' was deleted after this turn started.",
+                "session_deleted",
+            ) from None
+        return memory_pb2.AppendResponse(appended=appended, stored_turns=stored, seq=seq)
+
+    async def CreateSession(
+        self, request: memory_pb2.CreateSessionRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.CreateSessionResponse:
+        _require(request.tenant)
+        if len(request.session_id) > MAX_ID:
+            raise _invalid(f"session_id is longer than {MAX_ID} characters")
+        session = await self._core.create_session(
+            request.tenant, request.session_id, request.system_prompt, dict(request.metadata), request.user
         )
-        return memory_pb2.AppendResponse(appended=appended, stored_messages=stored)
+        return memory_pb2.CreateSessionResponse(session=session_proto(session))
+
+    async def GetSession(
+        self, request: memory_pb2.GetSessionRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.GetSessionResponse:
+        _require(request.tenant, request.session_id)
+        if not request.with_turns:
+            return memory_pb2.GetSessionResponse(
+                session=session_proto(await self._core.get_session(request.tenant, request.session_id))
+            )
+        session, turns = await self._core.session_turns(request.tenant, request.session_id)
+        return memory_pb2.GetSessionResponse(session=session_proto(session), turns=[turn_proto(t) for t in turns])
+
+    async def ListSessions(
+        self, request: memory_pb2.ListSessionsRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.ListSessionsResponse:
+        _require(request.tenant)
+        sessions, more = await self._core.store.list_sessions(
+            request.tenant, _page(request.limit, 20, 100), request.after
+        )
+        return memory_pb2.ListSessionsResponse(sessions=[session_proto(s) for s in sessions], has_more=more)
+
+    async def UpdateSession(
+        self, request: memory_pb2.UpdateSessionRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.UpdateSessionResponse:
+        _require(request.tenant, request.session_id)
+        session = await self._core.update_session(
+            request.tenant,
+            request.session_id,
+            request.system_prompt if request.HasField("system_prompt") else None,
+            dict(request.metadata) if request.replace_metadata else None,
+        )
+        return memory_pb2.UpdateSessionResponse(session=session_proto(session))
 
     async def DeleteSession(
         self, request: memory_pb2.DeleteSessionRequest, context: grpc.aio.ServicerContext
     ) -> memory_pb2.DeleteSessionResponse:
-        _require_session(request.tenant, request.session_id)
-        return memory_pb2.DeleteSessionResponse(deleted=await self._store.delete(request.tenant, request.session_id))
+        _require(request.tenant, request.session_id)
+        deleted = await self._core.delete_session(request.tenant, request.session_id)
+        return memory_pb2.DeleteSessionResponse(deleted=deleted)
+
+    async def SearchMemories(
+        self, request: memory_pb2.SearchMemoriesRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.SearchMemoriesResponse:
+        _require(request.tenant)
+        if not request.query.strip():
+            raise _invalid("query must not be empty")
+        if request.top_k < 0 or request.top_k > 50:
+            raise _invalid("top_k must be between 1 and 50")
+        found = await self._core.search(
+            request.tenant, request.query, request.user, request.session_id, request.top_k or 5
+        )
+        return memory_pb2.SearchMemoriesResponse(memories=[scored_proto(r) for r in found])
+
+    async def ListMemories(
+        self, request: memory_pb2.ListMemoriesRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.ListMemoriesResponse:
+        _require(request.tenant)
+        if not request.user and not request.session_id:
+            raise _invalid("user or session_id is required")
+        records, more = await self._core.list(
+            request.tenant, request.user, request.session_id, _page(request.limit, 20, 100), request.after
+        )
+        return memory_pb2.ListMemoriesResponse(memories=[memory_proto(r) for r in records], has_more=more)
+
+    async def DeleteMemory(
+        self, request: memory_pb2.DeleteMemoryRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.DeleteMemoryResponse:
+        _require(request.tenant)
+        if not request.memory_id:
+            raise _invalid("memory_id is required")
+        return memory_pb2.DeleteMemoryResponse(
+            deleted=await self._core.delete_memory(request.tenant, request.memory_id)
+        )

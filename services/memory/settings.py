@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
@@ -10,5 +13,29 @@ class MemorySettings(ServiceSettings):
 
     grpc_port: int = 8103
     redis_url: str = "redis://127.0.0.1:6379/0"
-    # A session's history is forgotten this long after its last use.
-    history_ttl_s: int = 24 * 3600
+    # Seconds to wait for the Redis-protocol server before a call fails (UNAVAILABLE).
+    redis_timeout_s: float = Field(default=2.0, gt=0)
+    # A session is forgotten this long after its last use (every key carries this TTL).
+    history_ttl_s: int = Field(default=24 * 3600, ge=60)
+    # Turns kept per session in Redis; older ones live on in long-term memory only.
+    max_stored_turns: int = Field(default=200, ge=2)
+    # Turns in the short-term window at most. Past it the window moves in steps of half its
+    # size (never turn by turn), so the prompt prefix stays the same between steps.
+    window_turns: int = Field(default=20, ge=2)
+
+    # Long-term memory. Empty URL: the embedded Qdrant engine in a folder under data_dir.
+    qdrant_url: str = ""
+    qdrant_api_key: str = ""
+    data_dir: Path = Path.home() / ".cache" / "llmmesh" / "memory"
+    # The inference service, which holds the one embedding model of the mesh.
+    inference_target: str = "127.0.0.1:8102"
+    embed_timeout_s: float = Field(default=5.0, gt=0)
+    # Recall: at most this many memories, each at least this similar to the new message,
+    # none a near-duplicate (cosine above dedup_similarity) of a better one.
+    recall_top_k: int = Field(default=5, ge=0, le=50)
+    recall_threshold: float = Field(default=0.35, ge=-1, le=1)
+    dedup_similarity: float = Field(default=0.95, gt=0, le=1)
+    # Indexer: turns embedded per batch, and how long an entry may sit with a consumer that
+    # went away before another takes it over.
+    index_batch: int = Field(default=32, ge=1)
+    index_claim_idle_ms: int = Field(default=30_000, ge=1000)

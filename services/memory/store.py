@@ -1,26 +1,91 @@
-"""Short-term history per tenant+session in a Redis-protocol server.
+"""Short-term memory in a Redis-protocol server: sessions, their turns, and the indexing queue.
 
-Keys carry a hash tag ``{tenant/session}`` so one session's keys live in one Redis Cluster
-slot and the append script may touch them together.
+One session's keys share the hash tag ``{tenant/session}``, so they live in one Redis Cluster
+slot and one Lua script may touch them together:
+
+    llmmesh:session:{t/s}        hash: created_at, updated_at, system_prompt, metadata, user,
+                                 seq (last turn), window (first turn of the short-term window)
+    llmmesh:history:{t/s}        list of turns (JSON), oldest first, capped
+    llmmesh:turn:{t/s}:<turn id> marker that makes a retried append a no-op
+    llmmesh:deleted:{t/s}        when the session was deleted (ms): older turns are refused
+
+Per tenant, ``llmmesh:sessions:{t}`` (a sorted set by creation time) lists the sessions, and
+one stream, ``llmmesh:index``, queues stored turns for the long-term indexer (a consumer
+group reads it; an entry is removed once its turn is in the vector store).
+
+Every key is written with its TTL in the same script, so nothing outlives its session.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 from urllib.parse import quote
 
 import redis.asyncio as redis
 
-# KEYS[1] history list, KEYS[2] turn marker; ARGV[1] ttl, ARGV[2..] messages (JSON).
-# The marker makes a retried append (same turn id) a no-op.
+INDEX_STREAM = "llmmesh:index"
+INDEX_GROUP = "indexer"
+
+# KEYS: 1 session hash, 2 history, 3 turn marker, 4 deletion mark
+# ARGV: 1 ttl, 2 started_at_ms, 3 now_s, 4 max_turns, 5 window_start, 6 user, 7 turn_id, 8 messages (JSON)
+# Returns {status, stored turns, seq}: status 1 appended, 0 already stored, -1 refused (deleted).
 _APPEND = """
-local fresh = redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1])
-if fresh then
-  for i = 2, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
+local deleted = redis.call('GET', KEYS[4])
+if deleted and tonumber(deleted) >= tonumber(ARGV[2]) then return {-1, 0, 0} end
+local ttl = ARGV[1]
+local seen = redis.call('GET', KEYS[3])
+if seen then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+  redis.call('EXPIRE', KEYS[3], ttl)
+  return {0, redis.call('LLEN', KEYS[2]), tonumber(seen)}
 end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('HSETNX', KEYS[1], 'created_at', ARGV[3])
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[3])
+if ARGV[6] ~= '' then redis.call('HSETNX', KEYS[1], 'user', ARGV[6]) end
+local window = tonumber(redis.call('HGET', KEYS[1], 'window') or '0')
+if tonumber(ARGV[5]) > window then redis.call('HSET', KEYS[1], 'window', ARGV[5]) end
+local turn = '{"turn_id":' .. cjson.encode(ARGV[7]) .. ',"seq":' .. seq .. ',"messages":' .. ARGV[8] .. '}'
+redis.call('RPUSH', KEYS[2], turn)
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
+redis.call('SET', KEYS[3], seq, 'EX', ttl)
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+return {1, redis.call('LLEN', KEYS[2]), seq}
+"""
+
+# KEYS: 1 session hash; ARGV: 1 ttl, 2 now_s, 3 system_prompt or '', 4 set prompt?, 5 metadata JSON or '', 6 user
+# Creates the session if missing (created_at set once), updates what is given.
+_UPSERT = """
+local fresh = redis.call('HSETNX', KEYS[1], 'created_at', ARGV[2])
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
+if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'system_prompt', ARGV[3]) end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'metadata', ARGV[5]) end
+if ARGV[6] ~= '' then redis.call('HSETNX', KEYS[1], 'user', ARGV[6]) end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-return {fresh and 1 or 0, redis.call('LLEN', KEYS[1])}
+return fresh
+"""
+
+# KEYS: 1 history; ARGV: 1 turn_id, 2 text. Blanks that turn's messages holding the text.
+_FORGET = """
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+for i, raw in ipairs(items) do
+  local turn = cjson.decode(raw)
+  if turn.turn_id == ARGV[1] then
+    local changed = 0
+    for _, m in ipairs(turn.messages) do
+      if m.content == ARGV[2] then m.content = '[forgotten]'; changed = 1 end
+    end
+    if changed == 1 then redis.call('LSET', KEYS[1], i - 1, cjson.encode(turn)) end
+    return changed
+  end
+end
+return 0
 """
 
 
@@ -33,21 +98,113 @@ class StoredMessage:
     tool_calls_json: str = ""
 
 
-def _tag(tenant: str, session_id: str) -> str:
+@dataclass(frozen=True)
+class StoredTurn:
+    turn_id: str
+    seq: int
+    messages: list[StoredMessage]
+
+
+@dataclass
+class SessionInfo:
+    id: str
+    created_at: int = 0
+    updated_at: int = 0
+    system_prompt: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    user: str = ""
+    # Last turn's seq, and the first seq of the short-term window.
+    seq: int = 0
+    window: int = 0
+    turns: int = 0
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """A stored turn waiting in the queue for the long-term indexer."""
+
+    entry_id: str
+    tenant: str
+    session_id: str
+    user: str
+    turn_id: str
+    seq: int
+    created_ms: int
+    messages: list[StoredMessage]
+
+
+class SessionDeletedError(Exception):
+    """The turn started before its session was deleted: it is not stored."""
+
+
+def tag(tenant: str, session_id: str) -> str:
     """``{tenant/session}``, each part percent-encoded: no tenant+session pair can spell
     another's tag, and no glob or brace character reaches a key."""
     return "{" + quote(tenant, safe="") + "/" + quote(session_id, safe="") + "}"
 
 
-class HistoryStore:
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+def _session_key(tenant: str, session_id: str) -> str:
+    return f"llmmesh:session:{tag(tenant, session_id)}"
+
+
+def _history_key(tenant: str, session_id: str) -> str:
+    return f"llmmesh:history:{tag(tenant, session_id)}"
+
+
+def _turn_key(tenant: str, session_id: str, turn_id: str) -> str:
+    return f"llmmesh:turn:{tag(tenant, session_id)}:{turn_id}"
+
+
+def _deleted_key(tenant: str, session_id: str) -> str:
+    return f"llmmesh:deleted:{tag(tenant, session_id)}"
+
+
+def _sessions_key(tenant: str) -> str:
+    return "llmmesh:sessions:{" + quote(tenant, safe="") + "}"
+
+
+def _forgotten_key(tenant: str) -> str:
+    return "llmmesh:forgotten:{" + quote(tenant, safe="") + "}"
+
+
+def _decode_turn(raw: str) -> StoredTurn:
+    data = json.loads(raw)
+    return StoredTurn(data["turn_id"], int(data["seq"]), [StoredMessage(**m) for m in data["messages"]])
+
+
+def _session_info(session_id: str, raw: Mapping[str, str], turns: int) -> SessionInfo:
+    return SessionInfo(
+        id=session_id,
+        created_at=int(raw.get("created_at", 0)),
+        updated_at=int(raw.get("updated_at", 0)),
+        system_prompt=raw.get("system_prompt", ""),
+        metadata=json.loads(raw["metadata"]) if raw.get("metadata") else {},
+        user=raw.get("user", ""),
+        seq=int(raw.get("seq", 0)),
+        window=int(raw.get("window", 0)),
+        turns=turns,
+    )
+
+
+class SessionStore:
+    def __init__(self, client: redis.Redis, ttl_s: int, max_turns: int) -> None:
         self._redis = client
         self._ttl_s = ttl_s
+        self._max_turns = max_turns
         self._append = client.register_script(_APPEND)
+        self._upsert = client.register_script(_UPSERT)
+        self._forget = client.register_script(_FORGET)
 
     @classmethod
-    def from_url(cls, url: str, ttl_s: int) -> HistoryStore:
-        return cls(redis.Redis.from_url(url, decode_responses=True), ttl_s)
+    def from_url(cls, url: str, ttl_s: int, max_turns: int, timeout_s: float = 2.0) -> SessionStore:
+        client = redis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        return cls(client, ttl_s, max_turns)
+
+    @property
+    def client(self) -> redis.Redis:
+        return self._redis
 
     async def ping(self) -> bool:
         return bool(await self._redis.ping())
@@ -55,35 +212,245 @@ class HistoryStore:
     async def close(self) -> None:
         await self._redis.aclose()
 
-    @staticmethod
-    def _history_key(tenant: str, session_id: str) -> str:
-        return f"llmmesh:history:{_tag(tenant, session_id)}"
+    # --- sessions -------------------------------------------------------------------------
 
-    @staticmethod
-    def _turn_key(tenant: str, session_id: str, turn_id: str) -> str:
-        return f"llmmesh:turn:{_tag(tenant, session_id)}:{turn_id}"
+    async def upsert_session(
+        self,
+        tenant: str,
+        session_id: str,
+        *,
+        system_prompt: str | None = None,
+        metadata: dict[str, str] | None = None,
+        user: str = "",
+    ) -> bool:
+        """Creates the session or updates the given fields; True when it is new."""
+        now = int(time.time())
+        fresh = await self._upsert(
+            keys=[_session_key(tenant, session_id)],
+            args=[
+                self._ttl_s,
+                now,
+                system_prompt or "",
+                "1" if system_prompt is not None else "0",
+                json.dumps(metadata) if metadata is not None else "",
+                user,
+            ],
+        )
+        if fresh:
+            await self._index_session(tenant, session_id, now)
+        return bool(fresh)
 
-    async def history(self, tenant: str, session_id: str) -> list[StoredMessage]:
-        key = self._history_key(tenant, session_id)
+    async def _index_session(self, tenant: str, session_id: str, created_s: int) -> None:
+        key = _sessions_key(tenant)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(key, {session_id: created_s}, nx=True)
+            pipe.expire(key, self._ttl_s, gt=True)
+            pipe.expire(key, self._ttl_s, nx=True)
+            await pipe.execute()
+
+    async def session(self, tenant: str, session_id: str) -> SessionInfo | None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(_session_key(tenant, session_id))
+            pipe.llen(_history_key(tenant, session_id))
+            raw, turns = await pipe.execute()
+        return _session_info(session_id, raw, int(turns)) if raw else None
+
+    async def context(self, tenant: str, session_id: str) -> tuple[SessionInfo | None, list[StoredTurn]]:
+        """The session and its stored turns in one round trip; reading keeps it alive."""
+        session_key, history_key = _session_key(tenant, session_id), _history_key(tenant, session_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(session_key)
+            pipe.lrange(history_key, 0, -1)
+            pipe.expire(session_key, self._ttl_s)
+            pipe.expire(history_key, self._ttl_s)
+            raw, history, _, _ = await pipe.execute()
+        if not raw:
+            return None, []
+        return _session_info(session_id, raw, len(history)), [_decode_turn(t) for t in history]
+
+    async def list_sessions(self, tenant: str, limit: int, after: str = "") -> tuple[list[SessionInfo], bool]:
+        """Newest first; sessions that expired meanwhile are pruned from the index."""
+        key = _sessions_key(tenant)
+        upper: str = "+inf"
+        if after:
+            score = await self._redis.zscore(key, after)
+            if score is None:
+                return [], False
+            upper = str(int(score))  # inclusive: sessions of the same second follow the cursor
+        found: list[SessionInfo] = []
+        offset = 0
+        while len(found) <= limit:
+            batch: list[str] = list(
+                await self._redis.zrevrangebyscore(key, upper, "-inf", start=offset, num=limit + 1)  # type: ignore[arg-type]
+            )
+            if not batch:
+                break
+            offset += len(batch)
+            if after and after in batch:  # same second as the cursor: skip up to it
+                batch = batch[batch.index(after) + 1 :]
+            for session_id in batch:
+                info = await self.session(tenant, session_id)
+                if info is None:
+                    await self._redis.zrem(key, session_id)
+                    offset -= 1
+                else:
+                    found.append(info)
+        return found[:limit], len(found) > limit
+
+    async def delete_session(self, tenant: str, session_id: str) -> bool:
+        """Drops every key of the session and marks it deleted, so turns still in flight
+        (a background append, a retry) cannot bring it back."""
+        tag_ = tag(tenant, session_id)
+        keys = [_session_key(tenant, session_id), _history_key(tenant, session_id)]
+        # The tag is percent-encoded: it holds no glob character and ends at its own brace.
+        async for key in self._redis.scan_iter(match=f"llmmesh:turn:{tag_}:*", count=500):
+            keys.append(key)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.lrange(key, 0, -1)
-            pipe.expire(key, self._ttl_s)  # reading a session keeps it alive
-            raw, _ = await pipe.execute()
-        return [StoredMessage(**json.loads(item)) for item in raw]
+            pipe.delete(*keys)
+            pipe.set(_deleted_key(tenant, session_id), int(time.time() * 1000), ex=self._ttl_s)
+            pipe.zrem(_sessions_key(tenant), session_id)
+            deleted, _, _ = await pipe.execute()
+        return bool(deleted)
+
+    async def deleted_at_ms(self, tenant: str, session_id: str) -> int:
+        raw = await self._redis.get(_deleted_key(tenant, session_id))
+        return int(raw) if raw else 0
+
+    # --- turns --------------------------------------------------------------------------
 
     async def append(
-        self, tenant: str, session_id: str, turn_id: str, messages: list[StoredMessage]
-    ) -> tuple[bool, int]:
-        """Appends one turn; returns (appended, messages now stored)."""
-        keys = [self._history_key(tenant, session_id), self._turn_key(tenant, session_id, turn_id)]
-        args: list[str | int] = [self._ttl_s, *(json.dumps(asdict(m)) for m in messages)]
-        fresh, length = await self._append(keys=keys, args=args)
-        return bool(fresh), int(length)
+        self,
+        tenant: str,
+        session_id: str,
+        turn_id: str,
+        messages: list[StoredMessage],
+        *,
+        user: str = "",
+        started_at_ms: int = 0,
+        window_start: int = 0,
+    ) -> tuple[bool, int, int]:
+        """Stores one turn and queues it for indexing; returns (appended, stored turns, seq).
 
-    async def delete(self, tenant: str, session_id: str) -> bool:
-        tag = _tag(tenant, session_id)
-        keys = [self._history_key(tenant, session_id)]
-        # The tag is percent-encoded: it holds no glob character and ends at its own brace.
-        async for key in self._redis.scan_iter(match=f"llmmesh:turn:{tag}:*", count=500):
-            keys.append(key)
-        return bool(await self._redis.delete(*keys))
+        Raises SessionDeletedError when the session was deleted after the turn started."""
+        now = int(time.time())
+        started_at_ms = started_at_ms or int(time.time() * 1000)
+        payload = json.dumps([asdict(m) for m in messages])
+        status, stored, seq = await self._append(
+            keys=[
+                _session_key(tenant, session_id),
+                _history_key(tenant, session_id),
+                _turn_key(tenant, session_id, turn_id),
+                _deleted_key(tenant, session_id),
+            ],
+            args=[self._ttl_s, started_at_ms, now, self._max_turns, window_start, user, turn_id, payload],
+        )
+        if int(status) < 0:
+            raise SessionDeletedError(session_id)
+        # Queued on a repeat too: if the first attempt stored the turn but lost the queue
+        # write, the retry repairs it. Indexing is idempotent (point ids derive from the turn).
+        entry = {
+            "tenant": tenant,
+            "session_id": session_id,
+            "user": user,
+            "turn_id": turn_id,
+            "seq": int(seq),
+            "created_ms": int(time.time() * 1000),
+            "messages": payload,
+        }
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if int(status) == 1 and int(seq) == 1:
+                pipe.zadd(_sessions_key(tenant), {session_id: now}, nx=True)
+                pipe.expire(_sessions_key(tenant), self._ttl_s, gt=True)
+                pipe.expire(_sessions_key(tenant), self._ttl_s, nx=True)
+            pipe.xadd(INDEX_STREAM, {k: str(v) for k, v in entry.items()})
+            await pipe.execute()
+        return bool(status), int(stored), int(seq)
+
+    async def forget_message(self, tenant: str, session_id: str, turn_id: str, text: str) -> bool:
+        """Blanks the messages of a stored turn that hold `text` (a deleted memory leaves no
+        copy in the history). One script: a concurrent append cannot shift the list under it."""
+        changed = await self._forget(keys=[_history_key(tenant, session_id)], args=[turn_id, text])
+        return bool(changed)
+
+    async def mark_forgotten(self, tenant: str, memory_ids: list[str]) -> None:
+        """Remembers deleted memory ids for a while, so an indexer already holding their
+        turn cannot write them back."""
+        key = _forgotten_key(tenant)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(key, *memory_ids)
+            pipe.expire(key, self._ttl_s)
+            await pipe.execute()
+
+    async def forgotten(self, tenant: str, memory_ids: list[str]) -> set[str]:
+        if not memory_ids:
+            return set()
+        flags = await self._redis.smismember(_forgotten_key(tenant), memory_ids)
+        return {m for m, flag in zip(memory_ids, flags, strict=True) if flag}
+
+    # --- the indexing queue -------------------------------------------------------------
+
+    async def ensure_queue(self) -> None:
+        try:
+            await self._redis.xgroup_create(INDEX_STREAM, INDEX_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def claim(self, consumer: str, count: int, block_ms: int, min_idle_ms: int) -> list[IndexEntry]:
+        """Entries for this consumer: first any left pending by a consumer that died (idle
+        longer than min_idle_ms), else new ones (waiting up to block_ms)."""
+        claimed: Any = await self._redis.xautoclaim(
+            INDEX_STREAM, INDEX_GROUP, consumer, min_idle_time=min_idle_ms, start_id="0", count=count
+        )
+        stale = claimed[1]
+        if stale:
+            return [_entry(entry_id, fields) for entry_id, fields in stale if fields]
+        reply: Any = await self._redis.xreadgroup(
+            INDEX_GROUP, consumer, {INDEX_STREAM: ">"}, count=count, block=block_ms or None
+        )
+        return [_entry(entry_id, fields) for _, entries in reply or [] for entry_id, fields in entries if fields]
+
+    async def done(self, entry_ids: list[str]) -> None:
+        if not entry_ids:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xack(INDEX_STREAM, INDEX_GROUP, *entry_ids)
+            pipe.xdel(INDEX_STREAM, *entry_ids)
+            await pipe.execute()
+
+    async def unqueue(self, tenant: str, session_id: str, turn_id: str = "") -> int:
+        """Removes queued entries of a session (or of one of its turns)."""
+        doomed: list[str] = []
+        async for entry_id, fields in self._scan_queue():
+            ours = fields.get("tenant") == tenant and fields.get("session_id") == session_id
+            if ours and (not turn_id or fields.get("turn_id") == turn_id):
+                doomed.append(entry_id)
+        if doomed:
+            await self.done(doomed)
+        return len(doomed)
+
+    async def queued(self) -> int:
+        return int(await self._redis.xlen(INDEX_STREAM))
+
+    async def _scan_queue(self) -> AsyncIterator[tuple[str, dict[str, str]]]:
+        start = "-"
+        while True:
+            batch: Any = await self._redis.xrange(INDEX_STREAM, min=start, max="+", count=500)
+            if not batch:
+                return
+            for entry_id, fields in batch:
+                yield entry_id, fields
+            start = "(" + batch[-1][0]
+
+
+def _entry(entry_id: str, fields: Mapping[str, str]) -> IndexEntry:
+    return IndexEntry(
+        entry_id=entry_id,
+        tenant=fields["tenant"],
+        session_id=fields["session_id"],
+        user=fields.get("user", ""),
+        turn_id=fields["turn_id"],
+        seq=int(fields["seq"]),
+        created_ms=int(fields.get("created_ms", 0)),
+        messages=[StoredMessage(**m) for m in json.loads(fields["messages"])],
+    )

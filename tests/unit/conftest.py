@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -94,3 +95,21 @@ async def redis_client(valkey_url: str) -> AsyncIterator[aioredis.Redis]:
 def tenant() -> str:
     """A tenant name no other test uses, so tests never see each other's keys."""
     return f"tenant-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer() -> Any:
+    """SmolLM2's own tokenizer and chat template (the embedded model, converted once)."""
+    from services.inference.engine import ChatTokenizer
+    from services.inference.model_store import prepare_default_model
+    from services.inference.settings import InferenceSettings
+
+    return ChatTokenizer(prepare_default_model(InferenceSettings().cache_dir))
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Any:
+    """The one all-MiniLM-L6-v2 of the test process."""
+    from services.inference.embedder import Embedder
+
+    return Embedder.load()

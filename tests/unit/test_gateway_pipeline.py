@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from llmmesh.common.v1 import chat_pb2
-from services.gateway.pipeline import _merge_sampling, assemble_prompt
+from llmmesh.memory.v1 import memory_pb2
+from services.gateway.pipeline import _merge_sampling, assemble_prompt, window_after_trim
 
 
 def msg(role: str, content: str) -> chat_pb2.ChatMessage:
     return chat_pb2.ChatMessage(role=role, content=content)
-
-
-HISTORY = [msg("user", "earlier question"), msg("assistant", "earlier answer")]
 
 
 # ---------------------------------------------------------------- assemble_prompt
@@ -19,41 +17,49 @@ HISTORY = [msg("user", "earlier question"), msg("assistant", "earlier answer")]
 def test_client_system_wins_over_agent_persona() -> None:
     new = [msg("system", "client system"), msg("user", "question")]
 
-    prompt = assemble_prompt("agent persona", HISTORY, new)
-
-    assert prompt == [msg("system", "client system"), *HISTORY, msg("user", "question")]
+    assert assemble_prompt("agent persona", new) == [msg("system", "client system"), msg("user", "question")]
 
 
 def test_developer_message_counts_as_client_system() -> None:
     new = [msg("developer", "dev rules"), msg("user", "question")]
 
-    prompt = assemble_prompt("agent persona", [], new)
-
-    assert prompt == [msg("developer", "dev rules"), msg("user", "question")]
+    assert assemble_prompt("agent persona", new) == [msg("developer", "dev rules"), msg("user", "question")]
 
 
 def test_persona_used_when_client_sends_no_system() -> None:
-    prompt = assemble_prompt("agent persona", HISTORY, [msg("user", "question")])
-
-    assert prompt == [msg("system", "agent persona"), *HISTORY, msg("user", "question")]
+    assert assemble_prompt("agent persona", [msg("user", "question")]) == [
+        msg("system", "agent persona"),
+        msg("user", "question"),
+    ]
 
 
 def test_no_system_at_all_without_persona_or_client_system() -> None:
-    prompt = assemble_prompt("", HISTORY, [msg("user", "question")])
-
-    assert prompt == [*HISTORY, msg("user", "question")]
+    assert assemble_prompt("", [msg("user", "question")]) == [msg("user", "question")]
 
 
-def test_history_sits_between_system_and_new_messages() -> None:
+def test_client_system_messages_move_to_the_front() -> None:
     new = [msg("user", "q1"), msg("assistant", "a1"), msg("system", "late system"), msg("user", "q2")]
 
-    prompt = assemble_prompt("persona", HISTORY, new)
-
-    assert [m.content for m in prompt] == ["late system", "earlier question", "earlier answer", "q1", "a1", "q2"]
+    assert [m.content for m in assemble_prompt("persona", new)] == ["late system", "q1", "a1", "q2"]
 
 
-def test_assemble_prompt_without_history() -> None:
-    assert assemble_prompt("persona", [], [msg("user", "q")]) == [msg("system", "persona"), msg("user", "q")]
+# ---------------------------------------------------------------- window after a trim
+
+
+def turn(seq: int) -> memory_pb2.Turn:
+    return memory_pb2.Turn(turn_id=f"t{seq}", seq=seq)
+
+
+def test_window_stays_when_nothing_was_dropped() -> None:
+    assert window_after_trim([turn(3), turn(4)], 0) == 0
+
+
+def test_window_starts_at_the_first_kept_turn() -> None:
+    assert window_after_trim([turn(3), turn(4), turn(5)], 2) == 5
+
+
+def test_window_starts_after_the_history_when_all_was_dropped() -> None:
+    assert window_after_trim([turn(3), turn(4)], 2) == 5
 
 
 # ---------------------------------------------------------------- _merge_sampling

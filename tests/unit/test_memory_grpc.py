@@ -20,9 +20,12 @@ from services.common.context import REQUEST_ID_HEADER, request_id_var
 from services.common.errors import REASON_KEY, from_rpc_error
 from services.common.server import ServiceSpec, running_server
 from services.common.settings import ServiceSettings
-from services.memory.server import SERVICE_NAME
+from services.memory.core import MemoryCore, RecallPolicy
+from services.memory.embedding import EmbeddingUnavailableError
+from services.memory.server import SERVICE_NAME, translate_error
 from services.memory.servicer import MemoryServicer
-from services.memory.store import HistoryStore
+from services.memory.store import SessionStore
+from services.memory.vectors import EdgeVectorStore
 from tests.unit.helpers import free_port
 
 TEST_SERVICE = "llmmesh.test.v1.EchoRequestIdServicerForTest"
@@ -69,17 +72,26 @@ class MemoryServer:
         return self.channel.unary_unary(f"/{TEST_SERVICE}/{name}")
 
 
+class NoEmbeddingsForTest:
+    """Test double: recall is off in this module, so nothing may ask for an embedding."""
+
+    async def embed(self, texts: Any) -> list[list[float]]:
+        raise EmbeddingUnavailableError("no embedding model in this test")
+
+
 @pytest.fixture(scope="module")
-async def memory_server(valkey_url: str) -> AsyncIterator[MemoryServer]:
-    store = HistoryStore.from_url(valkey_url, 600)
-    servicer = MemoryServicer(store)
+async def memory_server(valkey_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[MemoryServer]:
+    store = SessionStore.from_url(valkey_url, 600, 200)
+    vectors = EdgeVectorStore(tmp_path_factory.mktemp("qdrant") / "shard")
+    core = MemoryCore(store, vectors, NoEmbeddingsForTest(), window_turns=20, recall=RecallPolicy(top_k=0))
+    servicer = MemoryServicer(core)
     echo = EchoRequestIdServicerForTest()
 
     def register(server: Any) -> None:
         memory_pb2_grpc.add_MemoryServiceServicer_to_server(servicer, server)
         server.add_generic_rpc_handlers((echo.generic_handler(),))
 
-    spec = ServiceSpec(name="memory", grpc_services=[SERVICE_NAME], register=register)
+    spec = ServiceSpec(name="memory", grpc_services=[SERVICE_NAME], register=register, translate_error=translate_error)
     settings = ServiceSettings(host="127.0.0.1", grpc_port=free_port(), shutdown_grace_s=0.5)
     try:
         async with running_server(spec, settings):
@@ -90,6 +102,7 @@ async def memory_server(valkey_url: str) -> AsyncIterator[MemoryServer]:
             finally:
                 await channel.close()
     finally:
+        await vectors.close()
         await store.close()
 
 
@@ -149,10 +162,11 @@ async def test_append_get_delete_round_trip(memory_server: MemoryServer) -> None
     deleted = await stub.DeleteSession(memory_pb2.DeleteSessionRequest(tenant="t", session_id=sid))
     after = await stub.GetContext(memory_pb2.GetContextRequest(tenant="t", session_id=sid))
 
-    assert (appended.appended, appended.stored_messages) == (True, 3)
-    assert list(context.messages) == messages
+    assert (appended.appended, appended.stored_turns, appended.seq) == (True, 1, 1)
+    assert [list(t.messages) for t in context.window] == [messages]
+    assert context.session.id == sid
     assert deleted.deleted is True
-    assert list(after.messages) == []
+    assert list(after.window) == []
 
 
 async def test_retried_append_reports_appended_false(memory_server: MemoryServer) -> None:
@@ -164,8 +178,8 @@ async def test_retried_append_reports_appended_false(memory_server: MemoryServer
     first = await memory_server.memory.Append(request)
     retry = await memory_server.memory.Append(request)
 
-    assert (first.appended, first.stored_messages) == (True, 1)
-    assert (retry.appended, retry.stored_messages) == (False, 1)
+    assert (first.appended, first.stored_turns, first.seq) == (True, 1, 1)
+    assert (retry.appended, retry.stored_turns, retry.seq) == (False, 1, 1)
 
 
 async def test_delete_of_unknown_session_reports_false(memory_server: MemoryServer) -> None:

@@ -1,0 +1,1 @@
+"""The ``llmmesh`` command: terminal clients of the public HTTP API (``llmmesh chat``, ...)."""

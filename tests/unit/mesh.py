@@ -1,0 +1,170 @@
+"""The mesh in one process, for the fast test tier: real gRPC servers on loopback ports
+(memory, router, inference), the gateway's ASGI app behind an httpx client, a real
+Redis-protocol server and the embedded Qdrant engine. Only the generation is not the real
+model: the instant backend, counting and trimming prompts with SmolLM2's real tokenizer and
+chat template. The embedding model is the real one, loaded once for the whole test session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from llmmesh.inference.v1 import inference_pb2_grpc
+from llmmesh.memory.v1 import memory_pb2_grpc
+from llmmesh.router.v1 import router_pb2_grpc
+from services.common.channels import insecure_channel
+from services.common.server import ServiceSpec, running_server
+from services.common.settings import ServiceSettings
+from services.gateway.clients import MeshClients
+from services.gateway.http_api import create_app
+from services.gateway.pipeline import ChatPipeline
+from services.gateway.settings import GatewaySettings
+from services.inference.embedder import Embedder
+from services.inference.engine import ChatTokenizer, PromptLimits
+from services.inference.instant import InstantBackend
+from services.inference.servicer import InferenceServicer
+from services.memory.core import MemoryCore, RecallPolicy
+from services.memory.embedding import RemoteEmbeddings
+from services.memory.indexer import Indexer
+from services.memory.server import translate_error
+from services.memory.servicer import MemoryServicer
+from services.memory.store import SessionStore
+from services.memory.vectors import EdgeVectorStore, VectorStore
+from services.router.catalog import Catalog
+from services.router.policy import RoutingPolicy
+from services.router.servicer import RouterServicer
+from services.router.settings import RouterSettings
+from tests.unit.helpers import free_port
+
+MODEL = "smollm2-135m-instruct"
+
+
+@dataclass
+class MeshOptions:
+    context_length: int = 8192
+    completion_reserve: int = 512
+    recall_max_tokens: int = 256
+    window_turns: int = 20
+    max_stored_turns: int = 200
+    recall_top_k: int = 5
+    recall_threshold: float = 0.35
+    # Run the indexer in the background (tests that drive it by hand turn it off).
+    indexer: bool = True
+
+
+@dataclass
+class Mesh:
+    http: httpx.AsyncClient
+    backend: InstantBackend
+    store: SessionStore
+    vectors: VectorStore
+    indexer: Indexer
+    pipeline: ChatPipeline
+    core: MemoryCore
+    indexer_running: bool = True
+
+    async def chat(self, content: str, **body: Any) -> httpx.Response:
+        payload = {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 4, **body}
+        return await self.http.post("/v1/chat/completions", json=payload)
+
+    async def settle(self) -> None:
+        """Waits until every finished turn is stored and indexed."""
+        for _ in range(400):
+            if not self.pipeline.pending_appends and not await self.store.queued():
+                return
+            if not self.indexer_running:
+                await self.indexer.step()
+            await asyncio.sleep(0.02)
+        raise TimeoutError("turns were not stored and indexed in time")
+
+
+def _settings(port: int) -> ServiceSettings:
+    return ServiceSettings(host="127.0.0.1", grpc_port=port, shutdown_grace_s=0.5)
+
+
+@contextlib.asynccontextmanager
+async def in_process_mesh(
+    redis_url: str, data_dir: Path, tokenizer: ChatTokenizer, embedder: Embedder, options: MeshOptions
+) -> AsyncIterator[Mesh]:
+    ports = {name: free_port() for name in ("inference", "memory", "router")}
+    targets = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+    backend = InstantBackend(
+        MODEL, tokenizer, options.context_length, PromptLimits(options.completion_reserve, options.recall_max_tokens)
+    )
+    inference = InferenceServicer(backend, embedder)
+    store = SessionStore.from_url(redis_url, 600, options.max_stored_turns)
+    vectors = EdgeVectorStore(data_dir / "qdrant")
+    embed_channel = insecure_channel(targets["inference"])
+    embeddings = RemoteEmbeddings(inference_pb2_grpc.InferenceServiceStub(embed_channel), 10.0)
+    core = MemoryCore(
+        store,
+        vectors,
+        embeddings,
+        window_turns=options.window_turns,
+        recall=RecallPolicy(options.recall_top_k, options.recall_threshold),
+    )
+    indexer = Indexer(store, vectors, embeddings, batch=32, claim_idle_ms=30_000)
+    router_channel = insecure_channel(targets["inference"])
+    policy = RoutingPolicy.from_file(RouterSettings().config_path)
+    catalog = Catalog(inference_pb2_grpc.InferenceServiceStub(router_channel), policy.models)
+    specs = [
+        (
+            ServiceSpec(
+                "inference",
+                ["llmmesh.inference.v1.InferenceService"],
+                lambda s: inference_pb2_grpc.add_InferenceServiceServicer_to_server(inference, s),
+            ),
+            ports["inference"],
+        ),
+        (
+            ServiceSpec(
+                "memory",
+                ["llmmesh.memory.v1.MemoryService"],
+                lambda s: memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(core), s),
+                translate_error=translate_error,
+            ),
+            ports["memory"],
+        ),
+        (
+            ServiceSpec(
+                "router",
+                ["llmmesh.router.v1.RouterService"],
+                lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(policy, catalog), s),
+            ),
+            ports["router"],
+        ),
+    ]
+    settings = GatewaySettings(
+        memory_target=targets["memory"], router_target=targets["router"], inference_target=targets["inference"]
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        for spec, port in specs:
+            await stack.enter_async_context(running_server(spec, _settings(port)))
+        await catalog.refresh()
+        clients = MeshClients.connect(settings)
+        pipeline = ChatPipeline(settings, clients)
+        stack.push_async_callback(pipeline.close)
+        stack.push_async_callback(embed_channel.close)
+        stack.push_async_callback(router_channel.close)
+        stack.push_async_callback(store.close)
+        stack.push_async_callback(vectors.close)
+        app = create_app(settings, pipeline, clients)
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://mesh", timeout=30.0)
+        stack.push_async_callback(http.aclose)
+        await store.ensure_queue()
+        mesh = Mesh(http, backend, store, vectors, indexer, pipeline, core, indexer_running=options.indexer)
+        task = asyncio.create_task(indexer.run()) if options.indexer else None
+        try:
+            yield mesh
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

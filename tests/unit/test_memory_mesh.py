@@ -1,0 +1,264 @@
+"""Memory through the whole in-process mesh (real gRPC, real valkey, embedded Qdrant, the real
+embedding model and SmolLM2's real tokenizer; only generation is the instant backend):
+conversations that never overflow, a stable prompt prefix, appends after the answer,
+erasure, tenant isolation, and what happens when Redis or the vector store is away."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+
+from llmmesh.memory.v1 import memory_pb2
+from services.gateway.pipeline import APPENDS
+from services.inference.embedder import Embedder
+from services.inference.engine import ChatTokenizer
+from services.memory.store import INDEX_STREAM, tag
+from tests.unit.helpers import free_port
+from tests.unit.mesh import Mesh, MeshOptions, in_process_mesh
+
+WORDS = (
+    "river mountain copper lantern orchard violin harbor meadow falcon granite velvet compass "
+    "thunder saffron glacier marble cedar canyon ember quartz willow beacon prairie summit"
+).split()
+
+
+def long_text(seed: int, words: int = 900) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(WORDS) for _ in range(words))
+
+
+@pytest.fixture
+async def mesh(
+    valkey_url: str, tmp_path: Path, smollm2_tokenizer: ChatTokenizer, embedder: Embedder
+) -> AsyncIterator[Mesh]:
+    async with in_process_mesh(valkey_url, tmp_path, smollm2_tokenizer, embedder, MeshOptions()) as running:
+        yield running
+
+
+def session() -> str:
+    return f"s-{uuid.uuid4().hex[:12]}"
+
+
+async def test_thirty_long_turns_never_overflow_and_keep_their_prefix(mesh: Mesh) -> None:
+    sid = session()
+    context_length, max_tokens = 8192, 4
+    previous: list[dict[str, Any]] = []
+    trims = 0
+    for turn in range(30):
+        text = f"Turn {turn}. " + long_text(turn)
+        response = await mesh.chat(text, session_id=sid, max_tokens=max_tokens)
+        assert response.status_code == 200, response.text
+        usage = response.json()["usage"]
+        assert usage["prompt_tokens"] + max_tokens <= context_length
+        prompt = mesh.backend.last_prompt
+        assert prompt[-1] == {"role": "user", "content": text}  # the newest message always reaches the model
+        if previous and prompt[: len(previous) - 1] != previous[:-1]:
+            trims += 1
+        previous = prompt
+        await mesh.settle()
+    # ~1,200 tokens a turn: the window fills every few turns and is then halved in one step.
+    assert 1 <= trims <= 10
+
+
+async def test_the_window_moves_in_steps_not_turn_by_turn(
+    valkey_url: str, tmp_path: Path, smollm2_tokenizer: ChatTokenizer, embedder: Embedder
+) -> None:
+    options = MeshOptions(window_turns=6, indexer=False)
+    async with in_process_mesh(valkey_url, tmp_path, smollm2_tokenizer, embedder, options) as mesh:
+        sid = session()
+        history_sizes = []
+        for turn in range(14):
+            assert (await mesh.chat(f"short message {turn}", session_id=sid)).status_code == 200
+            history_sizes.append(sum(1 for m in mesh.backend.last_prompt if m["role"] == "assistant"))
+            await mesh.settle()
+        # Never more than the window; when it is full it drops half of it at once.
+        assert max(history_sizes) == 6
+        assert history_sizes[:7] == [0, 1, 2, 3, 4, 5, 6]
+        assert history_sizes[7] == 4
+
+
+async def test_new_messages_that_alone_do_not_fit_are_context_length_exceeded(mesh: Mesh) -> None:
+    sid = session()
+    assert (await mesh.chat("hello", session_id=sid)).status_code == 200
+    response = await mesh.chat(long_text(7, words=9000), session_id=sid)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+
+
+async def test_the_answer_does_not_wait_for_or_fail_with_the_append(
+    valkey_url: str, tmp_path: Path, smollm2_tokenizer: ChatTokenizer, embedder: Embedder, monkeypatch: Any
+) -> None:
+    async with in_process_mesh(valkey_url, tmp_path, smollm2_tokenizer, embedder, MeshOptions()) as mesh:
+
+        async def broken_append(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("fault injected by the test")
+
+        monkeypatch.setattr(mesh.core, "append", broken_append)
+        monkeypatch.setattr(mesh.pipeline._settings, "append_retry_s", 0.5)
+        failed_before = APPENDS.labels("failed")._value.get()
+
+        response = await mesh.chat("remember nothing", session_id=session())
+
+        assert response.status_code == 200
+        assert response.json()["choices"][0]["message"]["content"]
+        await mesh.settle()
+        assert APPENDS.labels("failed")._value.get() == failed_before + 1
+
+
+async def test_every_key_of_a_session_expires(mesh: Mesh, redis_client: aioredis.Redis) -> None:
+    sid = session()
+    assert (await mesh.chat("a fact about copper", session_id=sid)).status_code == 200
+    await mesh.settle()
+    keys = [k async for k in redis_client.scan_iter(match=f"*{tag('default', sid)}*")]
+    keys += [k async for k in redis_client.scan_iter(match="llmmesh:sessions:*")]
+
+    assert len(keys) >= 4  # session, history, turn marker, the tenant's session index
+    for key in keys:
+        assert await redis_client.ttl(key) > 0, key
+
+
+async def test_deleting_a_session_erases_it_everywhere(mesh: Mesh, redis_client: aioredis.Redis) -> None:
+    sid = session()
+    planted = "My locker combination is 4-8-15-16."
+    assert (await mesh.chat(planted, session_id=sid)).status_code == 200
+    await mesh.settle()
+    found = await mesh.http.post("/v1/memories/search", json={"query": "locker combination", "session_id": sid})
+    assert [m["text"] for m in found.json()["data"]][:1] == [planted]
+
+    deleted = await mesh.http.delete(f"/v1/sessions/{sid}")
+
+    assert deleted.json() == {"id": sid, "object": "session.deleted", "deleted": True}
+    assert (await mesh.http.get(f"/v1/sessions/{sid}")).status_code == 404
+    found = await mesh.http.post("/v1/memories/search", json={"query": "locker combination"})
+    assert planted not in [m["text"] for m in found.json()["data"]]
+    listed = await mesh.http.get("/v1/memories", params={"session_id": sid})
+    assert listed.json()["data"] == []
+    assert [k async for k in redis_client.scan_iter(match=f"*{tag('default', sid)}*")] == [
+        f"llmmesh:deleted:{tag('default', sid)}"
+    ]
+    queued = await redis_client.xrange(INDEX_STREAM)
+    assert all(fields.get("session_id") != sid for _, fields in queued)
+    sessions = (await mesh.http.get("/v1/sessions", params={"limit": 100})).json()["data"]
+    assert sid not in [s["id"] for s in sessions]
+
+
+async def test_a_turn_in_flight_when_its_session_is_deleted_is_not_stored(mesh: Mesh) -> None:
+    sid = session()
+    assert (await mesh.chat("first", session_id=sid)).status_code == 200
+    await mesh.settle()
+    started_before_delete = 1  # any time before the deletion
+    assert (await mesh.http.delete(f"/v1/sessions/{sid}")).status_code == 200
+
+    stub = mesh.pipeline._clients.memory
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Append(
+            memory_pb2.AppendRequest(
+                tenant="default", session_id=sid, turn_id="late", started_at_ms=started_before_delete
+            )
+        )
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (await mesh.http.get(f"/v1/sessions/{sid}")).status_code == 404
+
+
+async def test_deleting_one_memory_removes_it_from_search_listing_and_history(mesh: Mesh) -> None:
+    sid = session()
+    planted = "My passport number is X1234567."
+    assert (await mesh.chat(planted, session_id=sid)).status_code == 200
+    await mesh.settle()
+    memories = (await mesh.http.get("/v1/memories", params={"session_id": sid})).json()["data"]
+    (target,) = [m for m in memories if m["text"] == planted]
+
+    assert (await mesh.http.delete(f"/v1/memories/{target['id']}")).json()["deleted"] is True
+
+    found = await mesh.http.post("/v1/memories/search", json={"query": "passport number", "session_id": sid})
+    assert planted not in [m["text"] for m in found.json()["data"]]
+    history = (await mesh.http.get(f"/v1/sessions/{sid}")).json()["messages"]
+    assert planted not in [m["content"] for m in history]
+    assert (await mesh.http.delete(f"/v1/memories/{target['id']}")).status_code == 404
+
+
+async def test_one_tenant_cannot_touch_another_tenants_data(mesh: Mesh) -> None:
+    sid = session()
+    assert (await mesh.chat("Tenant A's secret is blue-falcon.", session_id=sid)).status_code == 200
+    await mesh.settle()
+    memory = mesh.pipeline._clients.memory
+    memories = (await memory.ListMemories(memory_pb2.ListMemoriesRequest(tenant="default", session_id=sid))).memories
+    assert memories
+
+    other = "tenant-b"
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await memory.GetSession(memory_pb2.GetSessionRequest(tenant=other, session_id=sid))
+    assert denied.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await memory.DeleteMemory(memory_pb2.DeleteMemoryRequest(tenant=other, memory_id=memories[0].id))
+    assert denied.value.code() == grpc.StatusCode.NOT_FOUND
+    listed = await memory.ListMemories(memory_pb2.ListMemoriesRequest(tenant=other, session_id=sid))
+    searched = await memory.SearchMemories(memory_pb2.SearchMemoriesRequest(tenant=other, query="secret"))
+    sessions = await memory.ListSessions(memory_pb2.ListSessionsRequest(tenant=other, limit=100))
+    context = await memory.GetContext(
+        memory_pb2.GetContextRequest(tenant=other, session_id=sid, query="what is the secret?")
+    )
+    deleted = await memory.DeleteSession(memory_pb2.DeleteSessionRequest(tenant=other, session_id=sid))
+    assert (list(listed.memories), list(searched.memories), list(sessions.sessions)) == ([], [], [])
+    assert (list(context.window), list(context.recalled), deleted.deleted) == ([], [], False)
+    # ... and tenant A still has everything.
+    assert (await mesh.http.get(f"/v1/sessions/{sid}")).json()["turns"] == 1
+
+
+async def test_sessions_can_be_created_listed_and_updated(mesh: Mesh) -> None:
+    created = (await mesh.http.post("/v1/sessions", json={"system_prompt": "Be terse.", "metadata": {"k": "v"}})).json()
+    sid = created["id"]
+    assert created["object"] == "session"
+    assert created["system_prompt"] == "Be terse."
+
+    assert (await mesh.chat("hello", session_id=sid)).status_code == 200
+    assert mesh.backend.last_prompt[0] == {"role": "system", "content": "Be terse."}
+    patched = (await mesh.http.patch(f"/v1/sessions/{sid}", json={"system_prompt": "Be kind."})).json()
+    assert patched["system_prompt"] == "Be kind."
+    assert patched["metadata"] == {"k": "v"}
+    await mesh.settle()
+    assert (await mesh.chat("again", session_id=sid)).status_code == 200
+    assert mesh.backend.last_prompt[0] == {"role": "system", "content": "Be kind."}
+
+    listed = (await mesh.http.get("/v1/sessions", params={"limit": 1})).json()
+    assert listed["object"] == "list"
+    assert len(listed["data"]) == 1
+    assert (await mesh.http.post("/v1/sessions", json={"id": sid})).status_code == 409
+    assert (await mesh.http.post("/v1/sessions", json={"bogus": 1})).status_code == 400
+
+
+async def test_sessions_page_through_without_repeats(mesh: Mesh) -> None:
+    made = {(await mesh.http.post("/v1/sessions", json={})).json()["id"] for _ in range(5)}
+    seen: list[str] = []
+    after = None
+    while True:
+        params: dict[str, Any] = {"limit": 2, **({"after": after} if after else {})}
+        page = (await mesh.http.get("/v1/sessions", params=params)).json()
+        seen += [s["id"] for s in page["data"]]
+        if not page["has_more"]:
+            break
+        after = page["last_id"]
+    assert made <= set(seen)
+    assert len(seen) == len(set(seen))
+
+
+async def test_redis_down_is_503_with_retry_after(
+    tmp_path: Path, smollm2_tokenizer: ChatTokenizer, embedder: Embedder
+) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    async with in_process_mesh(dead, tmp_path, smollm2_tokenizer, embedder, MeshOptions(indexer=False)) as mesh:
+        response = await mesh.chat("hello", session_id=session())
+        stateless = await mesh.chat("hello")
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"]
+    assert response.json()["error"]["code"] == "memory_unavailable"
+    assert stateless.status_code == 200  # no session: memory is not needed
