@@ -19,11 +19,14 @@ export TRANSFORMERS_OFFLINE := 1
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
-$(STAMP): requirements/lock.txt
+# The project itself goes in editable mode (the `llmmesh` command, and the repo root on sys.path),
+# built by flit_core from the lock without any download; llmmesh.pth puts the generated stubs on sys.path.
+$(STAMP): requirements/lock.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "llmmesh needs Python 3.11 or newer")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/lock.txt
-	$(PY) -c 'import site, pathlib; pathlib.Path(site.getsitepackages()[0], "llmmesh.pth").write_text("\n".join([str(pathlib.Path.cwd()), str(pathlib.Path.cwd() / "$(GEN)")]) + "\n")'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation --editable .
+	$(PY) -c 'import site, pathlib; pathlib.Path(site.getsitepackages()[0], "llmmesh.pth").write_text(str(pathlib.Path.cwd() / "$(GEN)") + "\n")'
 	touch $@
 
 setup: $(STAMP) $(GEN_STAMP) ## Create the virtualenv with the pinned dependency set and generate the stubs

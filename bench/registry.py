@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import engine_path, hops
+from bench import engine_path, hops, memory
 from bench.harness import Benchmark
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -10,4 +10,5 @@ BENCHMARKS: dict[str, Benchmark] = {
         "engine-path", "llmmesh vs vLLM's own OpenAI server, same model and load", engine_path.run
     ),
     "hops": Benchmark("hops", "what Envoy, gateway, router, memory and the gRPC hops cost", hops.run),
+    "memory": Benchmark("memory", "long-term memory: indexing, recall latency, embedding", memory.run),
 }

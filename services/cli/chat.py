@@ -22,6 +22,12 @@ PROMPT = "you> "
 REPLY_PREFIX = "assistant> "
 RESUME_SHOWS = 6  # messages shown when switching to a session
 LIST_TEXT_CHARS = 200  # a memory's text is cut to this in lists
+QUIT_COMMANDS = frozenset({"quit", "exit"})
+
+DESCRIPTION = """\
+Chat with the llmmesh API in the terminal. The server keeps the conversation (a session):
+each turn sends only the new message, and the reply streams in as it is generated.
+Commands start with / (/help lists them); Ctrl-C stops a reply, Ctrl-D quits."""
 
 HELP = """\
 /new               start a new session
@@ -79,10 +85,6 @@ def _when(unix_s: object) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(unix_s))
 
 
-class _Quit(Exception):
-    pass
-
-
 class ChatRepl:
     """The read-send-print loop; ``read`` and the streams are injectable for tests."""
 
@@ -110,8 +112,6 @@ class ChatRepl:
             "search": self._search,
             "forget": self._forget,
             "help": self._help,
-            "quit": self._quit,
-            "exit": self._quit,
         }
 
     # -- output
@@ -145,25 +145,29 @@ class ChatRepl:
                 self.say()
                 continue
             try:
-                self.handle(line)
-            except _Quit:
-                return 0
+                if not self.handle(line):
+                    return 0
             except ApiError as exc:
                 self.error(str(exc))
+            except KeyboardInterrupt:  # during a command: drop it, stay in the chat
+                self.say(" [cancelled]")
 
-    def handle(self, line: str) -> None:
-        """One typed line. Raises ApiError when the API fails, _Quit to leave."""
+    def handle(self, line: str) -> bool:
+        """One typed line; False: leave. Raises ApiError when the API fails."""
         parsed = parse_line(line)
         if parsed is None:
-            return
+            return True
         if isinstance(parsed, str):
             self.send(parsed)
-            return
+            return True
+        if parsed.name in QUIT_COMMANDS:
+            return False
         command = self._commands.get(parsed.name)
         if command is None:
             self.error(f"unknown command /{parsed.name}; /help lists the commands")
-            return
+            return True
         command(parsed.argument)
+        return True
 
     def send(self, text: str) -> None:
         """Sends one user message and prints the reply as it streams in."""
@@ -180,12 +184,12 @@ class ChatRepl:
             body["user"] = self.options.user
         self._out.write(REPLY_PREFIX)
         self._out.flush()
-        wrote = False
+        wrote, moved_to = False, ""
         try:
             with contextlib.closing(self.client.stream_chat(body)) as chunks:
                 for chunk in chunks:
                     if chunk.session_id and chunk.session_id != self.session_id:
-                        self._adopt(chunk.session_id)
+                        moved_to = self.session_id = chunk.session_id
                     if chunk.text:
                         self._out.write(chunk.text)
                         self._out.flush()
@@ -193,14 +197,14 @@ class ChatRepl:
         except KeyboardInterrupt:  # closing the stream stops the generation on the server
             self._out.write(" [stopped]")
             wrote = True
+        except ApiError:
+            wrote = True  # the error line that follows says what happened
+            raise
         finally:
             self._out.write("\n" if wrote else "(empty reply)\n")
             self._out.flush()
-
-    def _adopt(self, session_id: str) -> None:
-        if self.session_id:
-            self.error(f"the server moved this chat to session {session_id}")
-        self.session_id = session_id
+            if moved_to:  # the server answered in another session: follow it
+                self.say(f"(the conversation continues in session {moved_to})")
 
     # -- sessions
     def _start_session(self) -> None:
@@ -241,7 +245,8 @@ class ChatRepl:
             return
         for session in sessions:
             mark = "*" if session.get("id") == self.session_id else " "
-            line = f"{mark} {session.get('id')}  {session.get('turns', 0):>3} turns  updated {_when(session.get('updated_at'))}"
+            turns, updated = session.get("turns", 0), _when(session.get("updated_at"))
+            line = f"{mark} {session.get('id')}  {turns:>3} turns  updated {updated}"
             if session.get("system_prompt"):
                 line += f"  system: {_one_line(str(session['system_prompt']), 60)}"
             self.say(line)
@@ -291,16 +296,13 @@ class ChatRepl:
     def _help(self, argument: str) -> None:
         self.say(HELP)
 
-    def _quit(self, argument: str) -> None:
-        raise _Quit
-
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], parent: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
         "chat",
         parents=[parent],
         help="chat in the terminal (the server keeps the history)",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", default=None, help="model or agent to ask (default: $LLMMESH_MODEL or llmmesh)")

@@ -8,7 +8,7 @@ as one ``ApiError`` whose text is a single readable line.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -199,9 +199,7 @@ class MeshClient:
         return self.request("DELETE", f"sessions/{_segment(session_id)}")
 
     # -- memories
-    def list_memories(
-        self, session_id: str | None = None, user: str | None = None, limit: int = 100
-    ) -> dict[str, Any]:
+    def list_memories(self, session_id: str | None = None, user: str | None = None, limit: int = 100) -> dict[str, Any]:
         return self.request("GET", "memories", params={"session_id": session_id, "user": user, "limit": limit})
 
     def search_memories(
@@ -215,7 +213,7 @@ class MeshClient:
         return self.request("POST", "memories/search", body=body)
 
     # -- chat
-    def stream_chat(self, body: dict[str, Any]) -> Iterator[ChatChunk]:
+    def stream_chat(self, body: dict[str, Any]) -> Generator[ChatChunk, None, None]:
         """Streams a chat completion (``stream`` is forced on). Closing the iterator early
         closes the connection, which stops the generation on the server."""
         try:

@@ -16,9 +16,16 @@ from pydantic import ValidationError
 
 from services.cli import chat
 from services.cli.client import MeshClient
-from services.cli.settings import CliSettings
+from services.cli.settings import DEFAULT_BASE_URL, CliSettings
 
 SUBCOMMANDS: tuple[ModuleType, ...] = (chat,)
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
 
 
 def _connection_options() -> argparse.ArgumentParser:
@@ -27,13 +34,20 @@ def _connection_options() -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(add_help=False)
     group = options.add_argument_group("connection")
     group.add_argument(
-        "--base-url", default=argparse.SUPPRESS, help="the API, ending in /v1 (default: $LLMMESH_BASE_URL or %(prog)s's)"
+        "--base-url",
+        default=argparse.SUPPRESS,
+        help=f"the API, ending in /v1 (default: $LLMMESH_BASE_URL or {DEFAULT_BASE_URL})",
     )
     group.add_argument(
-        "--api-key", default=argparse.SUPPRESS, help="Bearer token (default: $LLMMESH_API_KEY or $OPENAI_API_KEY)"
+        "--api-key",
+        default=argparse.SUPPRESS,
+        help="Bearer token (default: $LLMMESH_API_KEY or $OPENAI_API_KEY; none is sent without one)",
     )
     group.add_argument(
-        "--timeout", type=_positive_float, default=argparse.SUPPRESS, help="seconds to wait for an answer (default: 300)"
+        "--timeout",
+        type=_positive_float,
+        default=argparse.SUPPRESS,
+        help="seconds to wait for an answer, or for the next piece of a streamed reply (default: 300)",
     )
     return options
 
@@ -51,20 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
-    return value
-
-
 def resolve_settings(args: argparse.Namespace) -> CliSettings:
     """The environment's settings with the flags given on top."""
-    overrides = {
-        field: getattr(args, flag)
-        for flag, field in (("base_url", "base_url"), ("api_key", "api_key"), ("timeout", "timeout_s"), ("model", "model"))
-        if getattr(args, flag, None)
-    }
+    flags = {"base_url": "base_url", "api_key": "api_key", "timeout": "timeout_s", "model": "model"}
+    overrides = {field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag, None)}
     return CliSettings().model_copy(update=overrides)
 
 
@@ -78,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = resolve_settings(args)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
-        parser.error(problems)
+        parser.error(f"invalid setting in the environment: {problems}")
     try:
         with MeshClient(settings.base_url, settings.api_key, settings.timeout_s) as client:
             code: int = args.handler(args, client, settings)

@@ -154,10 +154,14 @@ class ChatPipeline:
         """Finished turns still being stored."""
         return len(self._appends)
 
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """Waits for the turns still being stored."""
+        if self._appends:
+            await asyncio.wait(set(self._appends), timeout=timeout_s)
+
     async def close(self) -> None:
         """Lets the turns still being stored finish (bounded), then closes the channels."""
-        if self._appends:
-            await asyncio.wait(self._appends, timeout=self._settings.append_retry_s)
+        await self.drain(self._settings.append_retry_s)
         await self._clients.close()
 
     async def list_models(self) -> list[router_pb2.Model]:
@@ -268,7 +272,7 @@ class ChatPipeline:
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(_retryable),
-                wait=wait_exponential_jitter(initial=0.1, max=5.0),
+                wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
                 stop=stop_after_delay(self._settings.append_retry_s),
                 reraise=True,
             ):

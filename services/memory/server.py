@@ -39,7 +39,11 @@ async def main() -> None:
     channel = insecure_channel(settings.inference_target)
     embeddings = RemoteEmbeddings(inference_pb2_grpc.InferenceServiceStub(channel), settings.embed_timeout_s)
     vectors: VectorStore = open_vector_store(
-        settings.qdrant_url, settings.data_dir / "qdrant", api_key=settings.qdrant_api_key or None
+        settings.qdrant_url,
+        settings.data_dir / "qdrant",
+        api_key=settings.qdrant_api_key or None,
+        timeout_s=settings.qdrant_timeout_s,
+        optimize_after=settings.vector_index_after,
     )
     core = MemoryCore(
         store,

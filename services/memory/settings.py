@@ -26,7 +26,12 @@ class MemorySettings(ServiceSettings):
     # Long-term memory. Empty URL: the embedded Qdrant engine in a folder under data_dir.
     qdrant_url: str = ""
     qdrant_api_key: str = ""
+    # Seconds to wait for the Qdrant server before a call fails (recall is then skipped).
+    qdrant_timeout_s: float = Field(default=2.0, gt=0)
     data_dir: Path = Path.home() / ".cache" / "llmmesh" / "memory"
+    # Embedded engine: rebuild the vector index (in a child process) after this many new
+    # memories, or a quarter of those already indexed if more; 0: never by itself.
+    vector_index_after: int = Field(default=20_000, ge=0)
     # The inference service, which holds the one embedding model of the mesh.
     inference_target: str = "127.0.0.1:8102"
     embed_timeout_s: float = Field(default=5.0, gt=0)

@@ -269,30 +269,27 @@ class SessionStore:
         return _session_info(session_id, raw, len(history)), [_decode_turn(t) for t in history]
 
     async def list_sessions(self, tenant: str, limit: int, after: str = "") -> tuple[list[SessionInfo], bool]:
-        """Newest first; sessions that expired meanwhile are pruned from the index."""
+        """Newest first. The cursor is a session id: the page starts right after its current
+        place, so sessions created meanwhile shift nothing. Sessions that expired meanwhile are
+        pruned from the index as they are met."""
         key = _sessions_key(tenant)
-        upper: str = "+inf"
+        start = 0
         if after:
-            score = await self._redis.zscore(key, after)
-            if score is None:
+            rank: Any = await self._redis.zrevrank(key, after)
+            if rank is None:
                 return [], False
-            upper = str(int(score))  # inclusive: sessions of the same second follow the cursor
+            start = int(rank) + 1
         found: list[SessionInfo] = []
-        offset = 0
         while len(found) <= limit:
-            batch: list[str] = list(
-                await self._redis.zrevrangebyscore(key, upper, "-inf", start=offset, num=limit + 1)  # type: ignore[arg-type]
-            )
+            batch: list[str] = await self._redis.zrevrange(key, start, start + limit)  # type: ignore[assignment]
             if not batch:
                 break
-            offset += len(batch)
-            if after and after in batch:  # same second as the cursor: skip up to it
-                batch = batch[batch.index(after) + 1 :]
+            start += len(batch)
             for session_id in batch:
                 info = await self.session(tenant, session_id)
                 if info is None:
                     await self._redis.zrem(key, session_id)
-                    offset -= 1
+                    start -= 1  # everything after it moved up one place
                 else:
                     found.append(info)
         return found[:limit], len(found) > limit

@@ -118,6 +118,8 @@ def processes(settings: StackSettings, redis_url: str) -> dict[str, tuple[list[s
             "LLMMESH_MEMORY_GRPC_PORT": str(settings.port("memory")),
             "LLMMESH_MEMORY_METRICS_PORT": str(settings.port("memory_metrics")),
             "LLMMESH_MEMORY_REDIS_URL": redis_url,
+            "LLMMESH_MEMORY_INFERENCE_TARGET": f"{host}:{settings.port('inference')}",
+            "LLMMESH_MEMORY_DATA_DIR": str(settings.run_dir / "memory"),
         },
     )
     procs["router"] = (

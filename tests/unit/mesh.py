@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis.asyncio as redis
 
 from llmmesh.inference.v1 import inference_pb2_grpc
 from llmmesh.memory.v1 import memory_pb2_grpc
@@ -36,7 +37,7 @@ from services.memory.indexer import Indexer
 from services.memory.server import translate_error
 from services.memory.servicer import MemoryServicer
 from services.memory.store import SessionStore
-from services.memory.vectors import EdgeVectorStore, VectorStore
+from services.memory.vectors import VectorStore, open_vector_store
 from services.router.catalog import Catalog
 from services.router.policy import RoutingPolicy
 from services.router.servicer import RouterServicer
@@ -57,6 +58,8 @@ class MeshOptions:
     recall_threshold: float = 0.35
     # Run the indexer in the background (tests that drive it by hand turn it off).
     indexer: bool = True
+    # A Qdrant server instead of the embedded engine.
+    qdrant_url: str = ""
 
 
 @dataclass
@@ -73,6 +76,10 @@ class Mesh:
     async def chat(self, content: str, **body: Any) -> httpx.Response:
         payload = {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 4, **body}
         return await self.http.post("/v1/chat/completions", json=payload)
+
+    async def stored(self) -> None:
+        """Waits until every finished turn is stored (not yet indexed)."""
+        await self.pipeline.drain()
 
     async def settle(self) -> None:
         """Waits until every finished turn is stored and indexed."""
@@ -100,7 +107,7 @@ async def in_process_mesh(
     )
     inference = InferenceServicer(backend, embedder)
     store = SessionStore.from_url(redis_url, 600, options.max_stored_turns)
-    vectors = EdgeVectorStore(data_dir / "qdrant")
+    vectors = open_vector_store(options.qdrant_url, data_dir / "qdrant")
     embed_channel = insecure_channel(targets["inference"])
     embeddings = RemoteEmbeddings(inference_pb2_grpc.InferenceServiceStub(embed_channel), 10.0)
     core = MemoryCore(
@@ -110,7 +117,7 @@ async def in_process_mesh(
         window_turns=options.window_turns,
         recall=RecallPolicy(options.recall_top_k, options.recall_threshold),
     )
-    indexer = Indexer(store, vectors, embeddings, batch=32, claim_idle_ms=30_000)
+    indexer = Indexer(store, vectors, embeddings, batch=32, claim_idle_ms=300)
     router_channel = insecure_channel(targets["inference"])
     policy = RoutingPolicy.from_file(RouterSettings().config_path)
     catalog = Catalog(inference_pb2_grpc.InferenceServiceStub(router_channel), policy.models)
@@ -158,7 +165,8 @@ async def in_process_mesh(
         app = create_app(settings, pipeline, clients)
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://mesh", timeout=30.0)
         stack.push_async_callback(http.aclose)
-        await store.ensure_queue()
+        with contextlib.suppress(redis.ConnectionError):  # the Redis-down test has none
+            await store.ensure_queue()
         mesh = Mesh(http, backend, store, vectors, indexer, pipeline, core, indexer_running=options.indexer)
         task = asyncio.create_task(indexer.run()) if options.indexer else None
         try:

@@ -7,6 +7,7 @@ from typing import Any, cast
 import pytest
 from fastapi.testclient import TestClient
 
+from services.gateway.clients import MeshClients
 from services.gateway.http_api import create_app
 from services.gateway.pipeline import ChatPipeline
 from services.gateway.settings import GatewaySettings
@@ -15,7 +16,9 @@ from services.gateway.settings import GatewaySettings
 @pytest.fixture(scope="module")
 def client() -> TestClient:
     # No upstream is reached by these routes, so no pipeline is needed.
-    return TestClient(create_app(GatewaySettings(), cast(ChatPipeline, None)))
+    # Channels connect lazily: nothing is dialled unless a route calls an upstream.
+    settings = GatewaySettings()
+    return TestClient(create_app(settings, cast(ChatPipeline, None), MeshClients.connect(settings)))
 
 
 def test_incoming_request_id_is_echoed(client: TestClient) -> None:

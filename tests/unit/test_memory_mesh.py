@@ -20,13 +20,14 @@ from services.gateway.pipeline import APPENDS
 from services.inference.embedder import Embedder
 from services.inference.engine import ChatTokenizer
 from services.memory.store import INDEX_STREAM, tag
+from services.memory.vectors import VectorStoreUnavailable
 from tests.unit.helpers import free_port
 from tests.unit.mesh import Mesh, MeshOptions, in_process_mesh
 
-WORDS = (
-    "river mountain copper lantern orchard violin harbor meadow falcon granite velvet compass "
-    "thunder saffron glacier marble cedar canyon ember quartz willow beacon prairie summit"
-).split()
+WORDS = [
+    *("river", "mountain", "copper", "lantern", "orchard", "violin", "harbor", "meadow", "falcon", "granite"),
+    *("velvet", "compass", "thunder", "saffron", "glacier", "marble", "cedar", "canyon", "ember", "quartz"),
+]
 
 
 def long_text(seed: int, words: int = 900) -> str:
@@ -144,7 +145,7 @@ async def test_deleting_a_session_erases_it_everywhere(mesh: Mesh, redis_client:
     assert [k async for k in redis_client.scan_iter(match=f"*{tag('default', sid)}*")] == [
         f"llmmesh:deleted:{tag('default', sid)}"
     ]
-    queued = await redis_client.xrange(INDEX_STREAM)
+    queued: Any = await redis_client.xrange(INDEX_STREAM)
     assert all(fields.get("session_id") != sid for _, fields in queued)
     sessions = (await mesh.http.get("/v1/sessions", params={"limit": 100})).json()["data"]
     assert sid not in [s["id"] for s in sessions]
@@ -262,3 +263,27 @@ async def test_redis_down_is_503_with_retry_after(
     assert response.headers["retry-after"]
     assert response.json()["error"]["code"] == "memory_unavailable"
     assert stateless.status_code == 200  # no session: memory is not needed
+
+
+async def test_vector_store_down_answers_from_history_and_keeps_turns_queued(
+    valkey_url: str, tmp_path: Path, smollm2_tokenizer: ChatTokenizer, embedder: Embedder
+) -> None:
+    options = MeshOptions(indexer=False, qdrant_url=f"http://127.0.0.1:{free_port()}")
+    async with in_process_mesh(valkey_url, tmp_path, smollm2_tokenizer, embedder, options) as mesh:
+        sid = session()
+        first = await mesh.chat("My cat is called Biscuit.", session_id=sid, user="u-1")
+        await mesh.stored()
+        second = await mesh.chat("What is my cat called?", session_id=sid, user="u-1")
+        await mesh.stored()
+        queued_before = await mesh.store.queued()
+        with pytest.raises(VectorStoreUnavailable):
+            await mesh.indexer.step()
+        queued_after = await mesh.store.queued()
+        await mesh.store.unqueue("default", sid)  # leave the shared queue clean for other tests
+
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert second.headers["x-llmmesh-recall"] == "skipped"
+    # The short-term history still answered: the first turn reached the prompt.
+    assert {"role": "user", "content": "My cat is called Biscuit."} in mesh.backend.last_prompt
+    assert queued_before >= 2
+    assert queued_after == queued_before  # nothing lost: the turns wait for the store to return

@@ -1,0 +1,938 @@
+"""Long-term memory: one vector per stored message (all-MiniLM-L6-v2: 384 dimensions, cosine,
+L2-normalised) with the message as its payload, in Qdrant. Two engines behind one interface:
+
+- `EdgeVectorStore`: Qdrant's engine in this process (qdrant-edge), one shard in a folder,
+  for a single node (`make run`).
+- `ServerVectorStore`: a Qdrant server over qdrant-client, what Kubernetes runs.
+
+Every read and every delete filters on `tenant`, and an upsert never overwrites a point of
+another tenant: an id of another tenant is neither found, nor removed, nor replaced.
+
+The index is Qdrant's multitenancy layout: no global HNSW graph (m=0), one graph per tenant
+(payload_m) over the `tenant` field, and payload indexes on the fields recall filters by. A
+recall narrowed to a session and a user selects few points, which Qdrant scores exactly
+through the payload indexes; the graphs serve searches over a whole tenant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import math
+import os
+import shutil
+import sys
+import threading
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+import grpc
+import httpx
+import qdrant_edge as qe
+from qdrant_client import AsyncQdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+if TYPE_CHECKING:
+    from qdrant_edge import ConditionType as EdgeCondition
+
+log = logging.getLogger(__name__)
+
+DIMS = 384
+DEFAULT_COLLECTION = "llmmesh_memories"
+KEYWORD_FIELDS = ("tenant", "session_id", "user")
+INTEGER_FIELDS = ("seq", "created_at")
+HNSW_PAYLOAD_M = 16
+HNSW_EF_CONSTRUCT = 100
+# Below this many KB of vectors a filtered search scores the selected points exactly.
+FULL_SCAN_THRESHOLD_KB = 10_000
+# Points sharing one `created_at` fetched at most, when a listing page ends inside that second.
+_SAME_SECOND_MAX = 10_000
+# Engines compare a score with the threshold in float32, some with `>`: ask for a little more
+# and keep `score >= threshold` here, the same on every engine.
+_THRESHOLD_SLACK = 1e-6
+
+T = TypeVar("T")
+A = TypeVar("A")
+C = TypeVar("C")  # a filter condition, in the engine's types
+F = TypeVar("F")  # a filter, in the engine's types
+
+
+@dataclass(frozen=True)
+class MemoryRecord:
+    """One stored message: the point's id and payload."""
+
+    id: str  # a UUID string
+    tenant: str
+    session_id: str
+    user: str  # "" when none
+    role: str  # "user" | "assistant"
+    text: str
+    seq: int  # turn position in its session (>= 1)
+    turn_id: str
+    created_at: int  # unix seconds
+
+
+@dataclass(frozen=True)
+class ScoredRecord:
+    record: MemoryRecord
+    score: float
+    vector: list[float] | None = None  # only when asked for (near-duplicate removal)
+
+
+class VectorStoreUnavailable(Exception):  # noqa: N818 (the name callers know it by)
+    """The vector store could not be reached (or did not answer in time): callers degrade."""
+
+
+class VectorStore(Protocol):
+    async def upsert(self, records: Sequence[MemoryRecord], vectors: Sequence[Sequence[float]]) -> None: ...
+
+    async def search(
+        self,
+        tenant: str,
+        vector: Sequence[float],
+        *,
+        limit: int,
+        session_id: str = "",
+        user: str = "",
+        threshold: float = 0.0,
+        with_vectors: bool = False,
+    ) -> list[ScoredRecord]:
+        """Best first within a tenant, optionally narrowed to one session and/or one user."""
+        ...
+
+    async def recall(
+        self,
+        tenant: str,
+        vector: Sequence[float],
+        *,
+        session_id: str,
+        before_seq: int,
+        user: str,
+        limit: int,
+        threshold: float,
+        with_vectors: bool = False,
+    ) -> list[ScoredRecord]:
+        """Best first, score >= threshold, among the tenant's memories that are either of this
+        session before `before_seq`, or of the same (non-empty) user in other sessions."""
+        ...
+
+    async def get(self, tenant: str, ids: Sequence[str]) -> list[MemoryRecord]: ...
+
+    async def delete(self, tenant: str, ids: Sequence[str]) -> int:
+        """Removes those of `ids` the tenant has; returns how many there were."""
+        ...
+
+    async def delete_session(self, tenant: str, session_id: str) -> int: ...
+
+    async def count(self, tenant: str = "") -> int: ...
+
+    async def healthy(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+    # Last: a method named `list` hides the builtin from the annotations after it.
+    async def list(
+        self, tenant: str, *, session_id: str = "", user: str = "", limit: int = 20, after: str = ""
+    ) -> tuple[list[MemoryRecord], bool]:
+        """One page (and whether more follow) ordered by (created_at, id); `after` is the last
+        id of the previous page. At least one of session_id and user is required."""
+        ...
+
+
+def open_vector_store(
+    url: str,
+    path: Path,
+    dims: int = DIMS,
+    api_key: str | None = None,
+    *,
+    timeout_s: float = 2.0,
+    optimize_after: int = 20_000,
+) -> VectorStore:
+    """A Qdrant server when `url` is set, else the embedded engine in the folder `path`."""
+    if url:
+        return ServerVectorStore.from_url(url, api_key, dims=dims, timeout_s=timeout_s)
+    return EdgeVectorStore(path, dims, optimize_after=optimize_after)
+
+
+def _point_id(value: str) -> str | None:
+    """The canonical form of a UUID string; None for anything else (no such point exists)."""
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def _payload(record: MemoryRecord) -> dict[str, Any]:
+    payload = asdict(record)
+    del payload["id"]
+    return payload
+
+
+def _record(point_id: object, payload: Mapping[str, Any] | None) -> MemoryRecord:
+    p = payload or {}
+    return MemoryRecord(
+        id=str(point_id),
+        tenant=str(p.get("tenant", "")),
+        session_id=str(p.get("session_id", "")),
+        user=str(p.get("user", "")),
+        role=str(p.get("role", "")),
+        text=str(p.get("text", "")),
+        seq=int(p.get("seq", 0)),
+        turn_id=str(p.get("turn_id", "")),
+        created_at=int(p.get("created_at", 0)),
+    )
+
+
+def _floats(vector: object) -> list[float] | None:
+    """The point's vector as the engine returns it: a list of floats (None for anything else)."""
+    return vector if isinstance(vector, list) and (not vector or isinstance(vector[0], float)) else None
+
+
+def _as_list(vector: Sequence[float]) -> list[float]:
+    if isinstance(vector, list):
+        return vector
+    tolist = getattr(vector, "tolist", None)  # numpy rows convert in one call
+    values: list[float] = tolist() if callable(tolist) else [float(x) for x in vector]
+    return values
+
+
+def _order(record: MemoryRecord) -> tuple[int, str]:
+    return record.created_at, record.id
+
+
+class _QdrantStore(ABC, Generic[C, F]):
+    """The interface in terms of a few engine primitives; both engines speak Qdrant's filter
+    language, each in its own types."""
+
+    dims: int
+
+    # -- filters, in the engine's types
+    @abstractmethod
+    def _match(self, key: str, value: str | int) -> C: ...
+
+    @abstractmethod
+    def _range(self, key: str, *, gt: int | None = None, lt: int | None = None) -> C: ...
+
+    @abstractmethod
+    def _has_ids(self, ids: Sequence[str]) -> C: ...
+
+    @abstractmethod
+    def _filter(self, must: Sequence[C], should: Sequence[C] = (), must_not: Sequence[C] = ()) -> F: ...
+
+    @abstractmethod
+    def _nest(self, where: F) -> C: ...
+
+    # -- engine calls
+    @abstractmethod
+    async def _upsert(self, tenant: str, records: Sequence[MemoryRecord], vectors: Sequence[list[float]]) -> None:
+        """Writes points of one tenant; an existing point of another tenant stays as it is."""
+
+    @abstractmethod
+    async def _query(
+        self, vector: list[float], where: F, limit: int, threshold: float, with_vectors: bool
+    ) -> list[ScoredRecord]: ...
+
+    @abstractmethod
+    async def _scroll(self, where: F, limit: int, by_time: bool) -> list[MemoryRecord]:
+        """Up to `limit` points; by_time: the earliest `created_at` first (ties in any order)."""
+
+    @abstractmethod
+    async def _retrieve(self, ids: Sequence[str]) -> list[MemoryRecord]: ...
+
+    @abstractmethod
+    async def _delete(self, where: F) -> None: ...
+
+    @abstractmethod
+    async def _count(self, where: F | None) -> int: ...
+
+    # -- the interface
+    def _vector(self, vector: Sequence[float]) -> list[float]:
+        values = _as_list(vector)
+        if len(values) != self.dims:
+            raise ValueError(f"a vector has {len(values)} dimensions, the store holds {self.dims}")
+        return values
+
+    async def upsert(self, records: Sequence[MemoryRecord], vectors: Sequence[Sequence[float]]) -> None:
+        if len(records) != len(vectors):
+            raise ValueError(f"{len(records)} records but {len(vectors)} vectors")
+        by_tenant: dict[str, tuple[list[MemoryRecord], list[list[float]]]] = {}
+        for record, vector in zip(records, vectors, strict=True):
+            point_id = _point_id(record.id)
+            if point_id is None:
+                raise ValueError(f"memory id {record.id!r} is not a UUID")
+            group = by_tenant.setdefault(record.tenant, ([], []))
+            group[0].append(record if point_id == record.id else replace(record, id=point_id))
+            group[1].append(self._vector(vector))
+        for tenant, (group_records, group_vectors) in by_tenant.items():
+            await self._upsert(tenant, group_records, group_vectors)
+
+    async def search(
+        self,
+        tenant: str,
+        vector: Sequence[float],
+        *,
+        limit: int,
+        session_id: str = "",
+        user: str = "",
+        threshold: float = 0.0,
+        with_vectors: bool = False,
+    ) -> list[ScoredRecord]:
+        must = [self._match("tenant", tenant)]
+        if session_id:
+            must.append(self._match("session_id", session_id))
+        if user:
+            must.append(self._match("user", user))
+        return await self._best(vector, self._filter(must), limit, threshold, with_vectors)
+
+    async def recall(
+        self,
+        tenant: str,
+        vector: Sequence[float],
+        *,
+        session_id: str,
+        before_seq: int,
+        user: str,
+        limit: int,
+        threshold: float,
+        with_vectors: bool = False,
+    ) -> list[ScoredRecord]:
+        earlier_in_session = self._filter([self._match("session_id", session_id), self._range("seq", lt=before_seq)])
+        either = [self._nest(earlier_in_session)]
+        if user:
+            other_sessions = self._filter([self._match("user", user)], must_not=[self._match("session_id", session_id)])
+            either.append(self._nest(other_sessions))
+        where = self._filter([self._match("tenant", tenant)], should=either)
+        return await self._best(vector, where, limit, threshold, with_vectors)
+
+    async def _best(
+        self, vector: Sequence[float], where: F, limit: int, threshold: float, with_vectors: bool
+    ) -> list[ScoredRecord]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        found = await self._query(self._vector(vector), where, limit, threshold - _THRESHOLD_SLACK, with_vectors)
+        return [hit for hit in found if hit.score >= threshold]
+
+    async def get(self, tenant: str, ids: Sequence[str]) -> list[MemoryRecord]:
+        wanted = list(dict.fromkeys(p for p in map(_point_id, ids) if p is not None))
+        if not wanted:
+            return []
+        found = {r.id: r for r in await self._retrieve(wanted) if r.tenant == tenant}
+        return [found[i] for i in wanted if i in found]
+
+    async def delete(self, tenant: str, ids: Sequence[str]) -> int:
+        found = await self.get(tenant, ids)
+        if found:
+            await self._delete(self._filter([self._match("tenant", tenant), self._has_ids([r.id for r in found])]))
+        return len(found)
+
+    async def delete_session(self, tenant: str, session_id: str) -> int:
+        where = self._filter([self._match("tenant", tenant), self._match("session_id", session_id)])
+        removed = await self._count(where)
+        if removed:
+            await self._delete(where)
+        return removed
+
+    async def count(self, tenant: str = "") -> int:
+        return await self._count(self._filter([self._match("tenant", tenant)]) if tenant else None)
+
+    async def _same_second(self, scope: Sequence[C], created_at: int) -> list[MemoryRecord]:
+        where = self._filter([*scope, self._match("created_at", created_at)])
+        return sorted(await self._scroll(where, _SAME_SECOND_MAX, by_time=False), key=_order)
+
+    # Last: a method named `list` hides the builtin from the annotations after it.
+    async def list(
+        self, tenant: str, *, session_id: str = "", user: str = "", limit: int = 20, after: str = ""
+    ) -> tuple[list[MemoryRecord], bool]:
+        if not session_id and not user:
+            raise ValueError("listing memories needs a session_id or a user")
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        scope = [self._match("tenant", tenant)]
+        scope += [self._match("session_id", session_id)] if session_id else []
+        scope += [self._match("user", user)] if user else []
+        page: list[MemoryRecord] = []
+        later = scope
+        if after:
+            cursor = next(iter(await self.get(tenant, [after])), None)
+            if cursor is None or session_id not in ("", cursor.session_id) or user not in ("", cursor.user):
+                raise ValueError(f"no memory {after!r} in this listing to continue after")
+            page = [r for r in await self._same_second(scope, cursor.created_at) if _order(r) > _order(cursor)]
+            later = [*scope, self._range("created_at", gt=cursor.created_at)]
+        wanted = limit + 1 - len(page)
+        if wanted > 0:
+            batch = await self._scroll(self._filter(later), wanted, by_time=True)
+            if len(batch) == wanted:
+                # The page may end inside one second; take that second whole, in id order.
+                last = batch[-1].created_at
+                batch = [r for r in batch if r.created_at != last] + await self._same_second(scope, last)
+            page += sorted(batch, key=_order)
+        return page[:limit], len(page) > limit
+
+
+# -- the embedded engine ---------------------------------------------------------------------
+
+_CURRENT = "CURRENT"
+# The index build runs in a child process on a copy of the shard: qdrant-edge holds the
+# interpreter lock for the whole of optimize() (seconds to minutes), which in this process
+# would stop every query and the event loop with them.
+_BUILD_SCRIPT = """
+import os, sys
+if hasattr(os, "nice"):
+    os.nice(10)
+from qdrant_edge import EdgeShard
+shard = EdgeShard.load(sys.argv[1])
+print(shard.optimize(), flush=True)
+shard.close()
+"""
+
+
+async def _to_thread_to_the_end(call: Callable[[A], T], arg: A) -> T:
+    """`call(arg)` in a worker thread. Cancelled, it still waits for the call to end: the
+    steps of a rebuild must not overlap."""
+    future = asyncio.ensure_future(asyncio.to_thread(call, arg))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait([future])
+        raise
+
+
+def _own_folder(path: Path) -> IO[bytes]:
+    """An exclusive lock on `path/LOCK`, held while the file stays open: one process per shard."""
+    owner = (path / "LOCK").open("ab")
+    try:
+        fcntl.flock(owner.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        owner.close()
+        raise RuntimeError(f"{path} is in use by another vector store") from exc
+    return owner
+
+
+def _generation(name: str) -> int:
+    prefix, _, number = name.partition("-")
+    return int(number) if prefix == "gen" and number.isdigit() else 0
+
+
+class EdgeVectorStore(_QdrantStore["EdgeCondition", qe.Filter]):
+    """One qdrant-edge shard in a folder: `path/CURRENT` names the live `path/gen-NNNNNN`.
+
+    Points land in a plain segment, searched exactly, which stays fast while it is small.
+    After `optimize_after` new points (or a quarter of those already indexed, if more) the
+    index is rebuilt in a child process on a copy of the shard; writes made meanwhile are
+    replayed onto the copy, which then replaces the live shard. Queries continue throughout
+    but for the moment the rebuilt shard is loaded; writes also wait while the shard is
+    copied. `optimize()` does the same on demand; `optimize_after=0` leaves it to that.
+    One process per folder (`path/LOCK`).
+
+    The engine is synchronous and keeps the interpreter lock while it works, so its calls
+    run one at a time in worker threads.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        dims: int = DIMS,
+        *,
+        optimize_after: int = 20_000,
+        growth: float = 0.25,
+        indexing_threshold_kb: int | None = None,
+    ) -> None:
+        self.path = path
+        self.dims = dims
+        self._indexing_threshold_kb = indexing_threshold_kb  # None: the engine's (10 MB of vectors)
+        self._optimize_after = optimize_after
+        self._growth = growth
+        self._lock = threading.Lock()  # every engine call
+        self._files = threading.Lock()  # writes, and the copy and replacement of the shard
+        self._journal: list[qe.UpdateOperation] | None = None  # writes since the copy
+        self._build: asyncio.Task[bool] | None = None
+        self._retry_at = 0.0
+        self._closing = False  # no new builds
+        self._closed = False  # no more engine calls
+        path.mkdir(parents=True, exist_ok=True)
+        self._owner = _own_folder(path)
+        try:
+            self._live, self._shard = self._open()
+        except BaseException:
+            self._owner.close()
+            raise
+        info = self._shard.info()
+        self._indexed = info.indexed_vectors_count
+        self._written = info.points_count - info.indexed_vectors_count  # since the last build
+        for stale in path.glob("gen-*"):
+            if stale.name != self._live:
+                shutil.rmtree(stale, ignore_errors=True)
+
+    def _config(self) -> qe.EdgeConfig:
+        return qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=self.dims, distance=qe.Distance.Cosine),
+            hnsw_config=qe.HnswIndexConfig(
+                m=0,
+                payload_m=HNSW_PAYLOAD_M,
+                ef_construct=HNSW_EF_CONSTRUCT,
+                full_scan_threshold=FULL_SCAN_THRESHOLD_KB,
+            ),
+            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=self._indexing_threshold_kb),
+        )
+
+    def _open(self) -> tuple[str, qe.EdgeShard]:
+        current = self.path / _CURRENT
+        if current.is_file():
+            name = current.read_text().strip()
+            return name, qe.EdgeShard.load(str(self.path / name), self._config())
+        name = "gen-000001"
+        if any(p.name != name for p in self.path.glob("gen-*")):
+            raise RuntimeError(f"{self.path} holds shards but no {_CURRENT} file naming the live one")
+        # CURRENT is written once the first shard is ready, before any write: without it, a
+        # first shard is one whose creation was cut short.
+        shutil.rmtree(self.path / name, ignore_errors=True)
+        shard = qe.EdgeShard.create(str(self.path / name), self._config())
+        for field in KEYWORD_FIELDS:
+            tenant = field == "tenant"  # a graph per tenant; none per session or user
+            params = qe.KeywordIndexParams(is_tenant=tenant, enable_hnsw=tenant)
+            shard.update(qe.UpdateOperation.create_field_index(field, params))
+        for field in INTEGER_FIELDS:
+            ints = qe.IntegerIndexParams(lookup=True, range=True, enable_hnsw=False)
+            shard.update(qe.UpdateOperation.create_field_index(field, ints))
+        shard.flush()
+        self._point_current_to(name)
+        return name, shard
+
+    def _point_current_to(self, name: str) -> None:
+        tmp = self.path / f"{_CURRENT}.tmp"
+        with tmp.open("w") as out:
+            out.write(name + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.replace(self.path / _CURRENT)
+
+    # -- engine calls, in worker threads
+    def _engine(self) -> qe.EdgeShard:
+        if self._closed:
+            raise RuntimeError("the vector store is closed")
+        return self._shard
+
+    async def _read(self, call: Callable[[qe.EdgeShard], T]) -> T:
+        def run() -> T:
+            with self._lock:
+                return call(self._engine())
+
+        return await asyncio.to_thread(run)
+
+    async def _write(self, make: Callable[[], qe.UpdateOperation]) -> None:
+        def run() -> None:
+            operation = make()
+            with self._files, self._lock:
+                self._engine().update(operation)
+                if self._journal is not None:
+                    self._journal.append(operation)
+
+        await asyncio.to_thread(run)
+
+    # -- filters
+    def _match(self, key: str, value: str | int) -> EdgeCondition:
+        return qe.FieldCondition(key, match=qe.MatchValue(value))
+
+    def _range(self, key: str, *, gt: int | None = None, lt: int | None = None) -> EdgeCondition:
+        return qe.FieldCondition(key, range=qe.RangeFloat(gt=gt, lt=lt))
+
+    def _has_ids(self, ids: Sequence[str]) -> EdgeCondition:
+        point_ids: set[qe.PointId] = set(ids)
+        return qe.HasIdCondition(point_ids)
+
+    def _filter(
+        self,
+        must: Sequence[EdgeCondition],
+        should: Sequence[EdgeCondition] = (),
+        must_not: Sequence[EdgeCondition] = (),
+    ) -> qe.Filter:
+        return qe.Filter(must=list(must) or None, should=list(should) or None, must_not=list(must_not) or None)
+
+    def _nest(self, where: qe.Filter) -> EdgeCondition:
+        return where
+
+    # -- primitives
+    async def _upsert(self, tenant: str, records: Sequence[MemoryRecord], vectors: Sequence[list[float]]) -> None:
+        def make() -> qe.UpdateOperation:
+            points = [qe.Point(r.id, v, _payload(r)) for r, v in zip(records, vectors, strict=True)]
+            return qe.UpdateOperation.upsert_points(points, condition=self._filter([self._match("tenant", tenant)]))
+
+        await self._write(make)
+        self._written += len(records)
+        self._maybe_build()
+
+    async def _query(
+        self, vector: list[float], where: qe.Filter, limit: int, threshold: float, with_vectors: bool
+    ) -> list[ScoredRecord]:
+        request = qe.QueryRequest(
+            limit=limit,
+            query=qe.Query.Nearest(vector),
+            filter=where,
+            score_threshold=threshold,
+            with_payload=True,
+            with_vector=with_vectors,
+        )
+        points = await self._read(lambda shard: shard.query(request))
+        return [
+            ScoredRecord(_record(p.id, p.payload), p.score, _floats(p.vector) if with_vectors else None) for p in points
+        ]
+
+    async def _scroll(self, where: qe.Filter, limit: int, by_time: bool) -> list[MemoryRecord]:
+        order = qe.OrderBy("created_at", qe.Direction.Asc) if by_time else None
+        request = qe.ScrollRequest(limit=limit, filter=where, with_payload=True, with_vector=False, order_by=order)
+        points, _ = await self._read(lambda shard: shard.scroll(request))
+        return [_record(p.id, p.payload) for p in points]
+
+    async def _retrieve(self, ids: Sequence[str]) -> list[MemoryRecord]:
+        point_ids: list[qe.PointId] = list(ids)
+        points = await self._read(lambda shard: shard.retrieve(point_ids, True, False))
+        return [_record(p.id, p.payload) for p in points]
+
+    async def _delete(self, where: qe.Filter) -> None:
+        await self._write(lambda: qe.UpdateOperation.delete_points_by_filter(where))
+
+    async def _count(self, where: qe.Filter | None) -> int:
+        return await self._read(lambda shard: shard.count(qe.CountRequest(exact=True, filter=where)))
+
+    async def healthy(self) -> bool:
+        return not self._closing
+
+    # -- the index build
+    @property
+    def optimizing(self) -> bool:
+        return self._build is not None and not self._build.done()
+
+    async def optimize(self) -> bool:
+        """Builds the index over every point written so far (waits for a build under way).
+        True when the shard was rebuilt, False when there was nothing to index."""
+        if self._closing:
+            raise RuntimeError("the vector store is closed")
+        if self._build is None or self._build.done():
+            self._build = asyncio.get_running_loop().create_task(self._rebuild())
+        return await asyncio.shield(self._build)
+
+    def _maybe_build(self) -> None:
+        due = max(self._optimize_after, int(self._growth * self._indexed))
+        if (
+            not self._optimize_after
+            or self._closing
+            or self.optimizing
+            or self._written < due
+            or time.monotonic() < self._retry_at
+        ):
+            return
+        self._build = asyncio.get_running_loop().create_task(self._background_build())
+
+    async def _background_build(self) -> bool:
+        try:
+            return await self._rebuild()
+        except Exception:
+            log.exception("vector index build failed; the shard stays as it was")
+            self._retry_at = time.monotonic() + 300
+            return False
+
+    async def _rebuild(self) -> bool:
+        started = time.monotonic()
+        live = self._live
+        target = self.path / f"gen-{_generation(live) + 1:06d}"
+        written, self._written = self._written, 0
+        replaced = False
+        try:
+            points = await _to_thread_to_the_end(self._copy, target)
+            if not await self._build_index(target):
+                return False  # nothing worth indexing yet; the live shard has every write
+            await _to_thread_to_the_end(self._replace, target)
+            replaced = True
+        except BaseException:
+            self._written += written
+            raise
+        finally:
+            self._journal = None
+            await _to_thread_to_the_end(self._discard, live if replaced else target.name)
+        self._indexed = points
+        seconds = round(time.monotonic() - started, 1)
+        log.info("vector index rebuilt", extra={"points": points, "seconds": seconds, "shard": target.name})
+        return True
+
+    @staticmethod
+    async def _build_index(folder: Path) -> bool:
+        """optimize() on the shard in `folder`, in a child process; True if it indexed anything."""
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _BUILD_SCRIPT,
+            str(folder),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await child.communicate()
+        finally:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+        if child.returncode != 0:
+            raise RuntimeError(f"index build exited with {child.returncode}: {err.decode(errors='replace')[-2000:]}")
+        return out.decode().strip() == "True"
+
+    def _copy(self, target: Path) -> int:
+        """Flushes the live shard and copies its folder; writes wait, queries do not."""
+        with self._files:
+            with self._lock:
+                shard = self._engine()
+                shard.flush()
+                points = shard.count(qe.CountRequest(exact=True))
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(self.path / self._live, target)
+            self._journal = []
+        return points
+
+    def _replace(self, target: Path) -> None:
+        """Loads the rebuilt copy, replays onto it the writes made since the copy, and makes it
+        the live shard."""
+        with self._files:
+            fresh = qe.EdgeShard.load(str(target), self._config())
+            try:
+                for operation in self._journal or []:
+                    fresh.update(operation)
+                fresh.flush()
+                with self._lock:
+                    self._engine()  # not closed meanwhile
+                    self._point_current_to(target.name)
+                    old, self._shard, self._live = self._shard, fresh, target.name
+            except BaseException:
+                fresh.close()
+                raise
+        old.close()
+
+    def _discard(self, name: str) -> None:
+        with self._files:
+            if name != self._live:
+                shutil.rmtree(self.path / name, ignore_errors=True)
+
+    async def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if self._build is not None and not self._build.done():
+            self._build.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._build
+
+        def shut() -> None:
+            with self._files, self._lock:
+                self._closed = True
+                try:
+                    self._shard.flush()
+                    self._shard.close()
+                finally:
+                    self._owner.close()
+
+        await asyncio.to_thread(shut)
+
+
+# -- a Qdrant server ---------------------------------------------------------------------------
+
+# Besides 5xx: refused credentials and rate limits also leave the store out of reach.
+_UNAVAILABLE_HTTP = {401, 403, 429}
+_UNAVAILABLE_GRPC = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+}
+
+
+class ServerVectorStore(_QdrantStore[models.Condition, models.Filter]):
+    """One collection on a Qdrant server, created (with its payload indexes) on first use.
+    Every call gives up after `timeout_s` and then raises VectorStoreUnavailable, as does an
+    unreachable or failing (5xx) server."""
+
+    def __init__(
+        self,
+        client: AsyncQdrantClient,
+        collection: str = DEFAULT_COLLECTION,
+        dims: int = DIMS,
+        *,
+        timeout_s: float = 2.0,
+        where: str = "",
+    ) -> None:
+        self._client = client
+        self.collection = collection
+        self.dims = dims
+        self._timeout_s = timeout_s
+        self._where = where or "the Qdrant server"
+        self._ready = False
+        self._ensuring = asyncio.Lock()
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        api_key: str | None = None,
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        dims: int = DIMS,
+        timeout_s: float = 2.0,
+    ) -> ServerVectorStore:
+        client = AsyncQdrantClient(
+            url=url, api_key=api_key, timeout=max(1, math.ceil(timeout_s)), check_compatibility=False
+        )
+        return cls(client, collection, dims, timeout_s=timeout_s, where=url)
+
+    @contextlib.asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                yield
+        except TimeoutError as exc:
+            raise VectorStoreUnavailable(f"{self._where} did not answer within {self._timeout_s:g} s") from exc
+        except UnexpectedResponse as exc:
+            if exc.status_code is not None and (exc.status_code >= 500 or exc.status_code in _UNAVAILABLE_HTTP):
+                raise VectorStoreUnavailable(f"{self._where} answered {exc.status_code}") from exc
+            raise
+        except (ResponseHandlingException, httpx.TransportError, ConnectionError) as exc:
+            raise VectorStoreUnavailable(f"{self._where} is unreachable: {exc}") from exc
+        except grpc.RpcError as exc:
+            if exc.code() in _UNAVAILABLE_GRPC:
+                raise VectorStoreUnavailable(f"{self._where} is unreachable: {exc.code().name}") from exc
+            raise
+
+    async def ensure(self) -> None:
+        """Creates the collection and its payload indexes if missing; checks the dimensions."""
+        async with self._ensuring:
+            if self._ready:
+                return
+            async with self._guard():
+                if await self._client.collection_exists(self.collection):
+                    info = await self._client.get_collection(self.collection)
+                    params = info.config.params.vectors
+                    size = params.size if isinstance(params, models.VectorParams) else None
+                    if size != self.dims:
+                        raise ValueError(f"collection {self.collection} holds {size}-d vectors, not {self.dims}")
+                else:
+                    await self._create_collection()
+                for field in KEYWORD_FIELDS:
+                    keyword = models.KeywordIndexParams(
+                        type=models.KeywordIndexType.KEYWORD, is_tenant=field == "tenant"
+                    )
+                    await self._client.create_payload_index(self.collection, field, keyword, wait=True)
+                for field in INTEGER_FIELDS:
+                    ints = models.IntegerIndexParams(type=models.IntegerIndexType.INTEGER, lookup=True, range=True)
+                    await self._client.create_payload_index(self.collection, field, ints, wait=True)
+            self._ready = True
+
+    async def _create_collection(self) -> None:
+        try:
+            await self._client.create_collection(
+                self.collection,
+                vectors_config=models.VectorParams(size=self.dims, distance=models.Distance.COSINE),
+                hnsw_config=models.HnswConfigDiff(
+                    m=0,
+                    payload_m=HNSW_PAYLOAD_M,
+                    ef_construct=HNSW_EF_CONSTRUCT,
+                    full_scan_threshold=FULL_SCAN_THRESHOLD_KB,
+                ),
+            )
+        except UnexpectedResponse as exc:
+            if exc.status_code != 409:  # another replica created it first
+                raise
+
+    @contextlib.asynccontextmanager
+    async def _call(self) -> AsyncIterator[None]:
+        if not self._ready:
+            await self.ensure()
+        async with self._guard():
+            yield
+
+    # -- filters
+    def _match(self, key: str, value: str | int) -> models.Condition:
+        return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+    def _range(self, key: str, *, gt: int | None = None, lt: int | None = None) -> models.Condition:
+        return models.FieldCondition(key=key, range=models.Range(gt=gt, lt=lt))
+
+    def _has_ids(self, ids: Sequence[str]) -> models.Condition:
+        point_ids: list[models.ExtendedPointId] = list(ids)
+        return models.HasIdCondition(has_id=point_ids)
+
+    def _filter(
+        self,
+        must: Sequence[models.Condition],
+        should: Sequence[models.Condition] = (),
+        must_not: Sequence[models.Condition] = (),
+    ) -> models.Filter:
+        return models.Filter(must=list(must) or None, should=list(should) or None, must_not=list(must_not) or None)
+
+    def _nest(self, where: models.Filter) -> models.Condition:
+        return where
+
+    # -- primitives
+    async def _upsert(self, tenant: str, records: Sequence[MemoryRecord], vectors: Sequence[list[float]]) -> None:
+        points = [
+            models.PointStruct(id=r.id, vector=v, payload=_payload(r)) for r, v in zip(records, vectors, strict=True)
+        ]
+        async with self._call():
+            await self._client.upsert(
+                self.collection, points, wait=True, update_filter=self._filter([self._match("tenant", tenant)])
+            )
+
+    async def _query(
+        self, vector: list[float], where: models.Filter, limit: int, threshold: float, with_vectors: bool
+    ) -> list[ScoredRecord]:
+        async with self._call():
+            response = await self._client.query_points(
+                self.collection,
+                query=vector,
+                query_filter=where,
+                limit=limit,
+                score_threshold=threshold,
+                with_payload=True,
+                with_vectors=with_vectors,
+            )
+        return [
+            ScoredRecord(_record(p.id, p.payload), p.score, _floats(p.vector) if with_vectors else None)
+            for p in response.points
+        ]
+
+    async def _scroll(self, where: models.Filter, limit: int, by_time: bool) -> list[MemoryRecord]:
+        order = models.OrderBy(key="created_at", direction=models.Direction.ASC) if by_time else None
+        async with self._call():
+            points, _ = await self._client.scroll(
+                self.collection, scroll_filter=where, limit=limit, order_by=order, with_payload=True, with_vectors=False
+            )
+        return [_record(p.id, p.payload) for p in points]
+
+    async def _retrieve(self, ids: Sequence[str]) -> list[MemoryRecord]:
+        point_ids: list[models.ExtendedPointId] = list(ids)
+        async with self._call():
+            points = await self._client.retrieve(self.collection, point_ids, with_payload=True, with_vectors=False)
+        return [_record(p.id, p.payload) for p in points]
+
+    async def _delete(self, where: models.Filter) -> None:
+        async with self._call():
+            await self._client.delete(self.collection, models.FilterSelector(filter=where), wait=True)
+
+    async def _count(self, where: models.Filter | None) -> int:
+        async with self._call():
+            result = await self._client.count(self.collection, count_filter=where, exact=True)
+        return result.count
+
+    async def healthy(self) -> bool:
+        try:
+            async with self._call():
+                await self._client.collection_exists(self.collection)
+        except VectorStoreUnavailable:
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self._client.close()
