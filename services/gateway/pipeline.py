@@ -148,6 +148,9 @@ class ChatPipeline:
         self._settings = settings
         self._clients = clients
         self._appends: set[asyncio.Task[None]] = set()
+        # The newest append per (tenant, session): the session's next turn waits for it, so a
+        # client that answers at once still finds its previous turn in the history.
+        self._last_append: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     @property
     def pending_appends(self) -> int:
@@ -176,6 +179,9 @@ class ChatPipeline:
     async def _context(self, turn: ChatTurn) -> memory_pb2.GetContextResponse:
         if not turn.session_id:
             return memory_pb2.GetContextResponse()
+        previous = self._last_append.get((turn.tenant, turn.session_id))
+        if previous is not None and not previous.done():
+            await asyncio.wait({previous}, timeout=self._settings.upstream_timeout_s)
         query = next((m.content for m in reversed(turn.messages) if m.role == "user"), "")
         reply: memory_pb2.GetContextResponse = await self._clients.memory.GetContext(
             memory_pb2.GetContextRequest(tenant=turn.tenant, session_id=turn.session_id, user=turn.user, query=query),
@@ -266,7 +272,15 @@ class ChatPipeline:
         )
         task = asyncio.create_task(self._append(request))
         self._appends.add(task)
-        task.add_done_callback(self._appends.discard)
+        key = (turn.tenant, turn.session_id)
+        self._last_append[key] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            self._appends.discard(done)
+            if self._last_append.get(key) is done:
+                del self._last_append[key]
+
+        task.add_done_callback(forget)
 
     async def _append(self, request: memory_pb2.AppendRequest) -> None:
         try:

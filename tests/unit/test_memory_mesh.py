@@ -5,6 +5,7 @@ erasure, tenant isolation, and what happens when Redis or the vector store is aw
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -287,3 +288,18 @@ async def test_vector_store_down_answers_from_history_and_keeps_turns_queued(
     assert {"role": "user", "content": "My cat is called Biscuit."} in mesh.backend.last_prompt
     assert queued_before >= 2
     assert queued_after == queued_before  # nothing lost: the turns wait for the store to return
+
+
+async def test_a_follow_up_sent_at_once_finds_the_previous_turn(mesh: Mesh, monkeypatch: Any) -> None:
+    original = mesh.core.append
+
+    async def slow_append(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.3)  # fault injection: a slow store
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(mesh.core, "append", slow_append)
+    sid = session()
+    assert (await mesh.chat("My name is Ada.", session_id=sid)).status_code == 200
+    assert (await mesh.chat("What is my name?", session_id=sid)).status_code == 200
+
+    assert {"role": "user", "content": "My name is Ada."} in mesh.backend.last_prompt
