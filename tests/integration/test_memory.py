@@ -42,12 +42,12 @@ def wait_for_memory(http: httpx.Client, session_id: str, text: str, timeout_s: f
 
 
 def test_a_long_session_never_exceeds_the_context(client: openai.OpenAI) -> None:
-    """30 turns of ~1,200 tokens against an 8,192-token context: without trimming, turn 7 on
-    would be context_length_exceeded."""
+    """~1,000-token turns against an 8,192-token context: without trimming, turn 9 on would be
+    context_length_exceeded. (The fast tier runs 30 such turns with the same tokenizer.)"""
     session = f"long-{uuid.uuid4().hex[:8]}"
     rng = random.Random(3)
     prompt_tokens = []
-    for turn in range(30):
+    for turn in range(10):
         text = f"Note {turn}: " + " ".join(rng.choice(WORDS) for _ in range(1000))
         reply = client.chat.completions.create(
             model=MODEL,
@@ -59,10 +59,11 @@ def test_a_long_session_never_exceeds_the_context(client: openai.OpenAI) -> None
         assert reply.usage is not None
         assert reply.usage.prompt_tokens + 2 <= 8192
         prompt_tokens.append(reply.usage.prompt_tokens)
-    # The history grew and was cut back in steps (not kept flat at one turn).
-    assert max(prompt_tokens) > 4 * min(prompt_tokens[1:])
-    drops = sum(1 for a, b in itertools.pairwise(prompt_tokens) if b < a)
-    assert 1 <= drops <= 10
+    # The history grew turn by turn until it had to be cut, then was cut to about half at once.
+    drops = [(a, b) for a, b in itertools.pairwise(prompt_tokens) if b < a]
+    assert len(drops) == 1
+    before, after = drops[0]
+    assert after <= before * 0.7
 
 
 def test_sessions_and_memories_over_rest_and_total_erasure(client: openai.OpenAI, http: httpx.Client) -> None:
