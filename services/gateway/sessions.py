@@ -8,7 +8,6 @@ OpenAI-style objects and lists; another tenant's ids are 404, like ids that neve
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmmesh.memory.v1 import memory_pb2
 from services.common.errors import MeshError, from_rpc_error
+from services.common.messages import to_openai
 from services.gateway.clients import MeshClients
 from services.gateway.settings import GatewaySettings
 
@@ -57,17 +57,6 @@ def session_object(session: memory_pb2.Session) -> dict[str, Any]:
         "turns": session.turns,
         "user": session.user or None,
     }
-
-
-def message_object(message: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": message.role, "content": message.content}
-    if message.name:
-        out["name"] = message.name
-    if message.tool_call_id:
-        out["tool_call_id"] = message.tool_call_id
-    if message.tool_calls_json:
-        out["tool_calls"] = json.loads(message.tool_calls_json)
-    return out
 
 
 def memory_object(memory: memory_pb2.Memory, scored: bool = False) -> dict[str, Any]:
@@ -137,7 +126,7 @@ def create_router(settings: GatewaySettings, clients: MeshClients, tenant: Calla
             memory.GetSession, memory_pb2.GetSessionRequest(tenant=tenant_, session_id=session_id, with_turns=True)
         )
         out = session_object(reply.session)
-        out["messages"] = [message_object(m) for turn in reply.turns for m in turn.messages]
+        out["messages"] = [to_openai(m) for turn in reply.turns for m in turn.messages]
         return out
 
     @router.patch("/v1/sessions/{session_id}")

@@ -19,6 +19,7 @@ import grpc
 from llmmesh.common.v1 import chat_pb2 as common_pb2
 from llmmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.common.errors import MeshError
+from services.common.messages import to_openai
 from services.inference.embedder import Embedder
 from services.inference.engine import (
     Backend,
@@ -37,15 +38,7 @@ _CANCEL = object()  # queue marker: the client asked to stop
 _FINISHED = object()  # queue marker: the engine stream is over
 
 
-def to_message(message: common_pb2.ChatMessage) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": message.role, "content": message.content}
-    if message.name:
-        out["name"] = message.name
-    if message.tool_call_id:
-        out["tool_call_id"] = message.tool_call_id
-    if message.tool_calls_json:
-        out["tool_calls"] = json.loads(message.tool_calls_json)
-    return out
+to_message = to_openai
 
 
 def to_sampling(params: common_pb2.SamplingParams) -> Sampling:
