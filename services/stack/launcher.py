@@ -36,7 +36,12 @@ class RunningStack:
 
     @property
     def grpc_target(self) -> str:
+        """Envoy's public port: the gateway's ChatService (internal services are not routed there)."""
         return f"{self.settings.host}:{self.settings.port('public')}"
+
+    def internal_target(self, service: str) -> str:
+        """An internal service's own port ("inference", "memory", "router"), reachable only from inside."""
+        return f"{self.settings.host}:{self.settings.port(service)}"
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

@@ -25,7 +25,7 @@ LONG_TASK: list[ChatCompletionMessageParam] = [
 
 @pytest.fixture(scope="module")
 def inference(stack: Stack) -> Iterator[inference_pb2_grpc.InferenceServiceStub]:
-    with grpc.insecure_channel(stack.grpc_target) as channel:  # through Envoy, as internal clients go
+    with grpc.insecure_channel(stack.internal_target("inference")) as channel:  # internal: its own port
         yield inference_pb2_grpc.InferenceServiceStub(channel)
 
 

@@ -1,10 +1,10 @@
-"""Internal gRPC clients, through Envoy."""
+"""gRPC clients: the public ChatService through Envoy; the internal services only on their own ports."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -12,6 +12,8 @@ import pytest
 from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
 from llmmesh.common.v1 import chat_pb2 as common_pb2
 from llmmesh.inference.v1 import inference_pb2, inference_pb2_grpc
+from llmmesh.memory.v1 import memory_pb2, memory_pb2_grpc
+from llmmesh.router.v1 import router_pb2, router_pb2_grpc
 from tests.integration.conftest import MODEL, REPO, Stack
 
 pytestmark = pytest.mark.integration
@@ -72,8 +74,38 @@ def test_chat_service_unknown_model_is_not_found(channel: grpc.Channel) -> None:
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_inference_counts_tokens_with_the_chat_template(channel: grpc.Channel) -> None:
-    stub = inference_pb2_grpc.InferenceServiceStub(channel)
+@pytest.fixture(scope="module")
+def internal(stack: Stack) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(stack.internal_target("inference")) as channel:
+        yield channel
+
+
+@pytest.mark.parametrize(
+    ("service", "call"),
+    [
+        ("memory", lambda ch: memory_pb2_grpc.MemoryServiceStub(ch).ListSessions(
+            memory_pb2.ListSessionsRequest(tenant="default"), timeout=10)),
+        ("memory", lambda ch: memory_pb2_grpc.MemoryServiceStub(ch).DeleteSession(
+            memory_pb2.DeleteSessionRequest(tenant="default", session_id="anyone"), timeout=10)),
+        ("inference", lambda ch: inference_pb2_grpc.InferenceServiceStub(ch).GetLoad(
+            inference_pb2.GetLoadRequest(), timeout=10)),
+        ("router", lambda ch: router_pb2_grpc.RouterServiceStub(ch).ListModels(
+            router_pb2.ListModelsRequest(), timeout=10)),
+    ],
+)  # fmt: skip
+def test_internal_services_are_refused_on_the_public_port(
+    stack: Stack, channel: grpc.Channel, service: str, call: Callable[[grpc.Channel], object]
+) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        call(channel)
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED  # Envoy has no route for it
+    # ... while the same call on the service's own (internal) port works.
+    with grpc.insecure_channel(stack.internal_target(service)) as inside:
+        call(inside)
+
+
+def test_inference_counts_tokens_with_the_chat_template(internal: grpc.Channel) -> None:
+    stub = inference_pb2_grpc.InferenceServiceStub(internal)
     short = stub.CountTokens(
         inference_pb2.CountTokensRequest(model=MODEL, messages=[common_pb2.ChatMessage(role="user", content="Hi")])
     )
@@ -88,8 +120,8 @@ def test_inference_counts_tokens_with_the_chat_template(channel: grpc.Channel) -
     assert longer.prompt_tokens > short.prompt_tokens
 
 
-def test_inference_lists_its_model_and_engines(channel: grpc.Channel) -> None:
-    stub = inference_pb2_grpc.InferenceServiceStub(channel)
+def test_inference_lists_its_model_and_engines(internal: grpc.Channel) -> None:
+    stub = inference_pb2_grpc.InferenceServiceStub(internal)
     models = stub.ListModels(inference_pb2.ListModelsRequest()).models
     assert [m.id for m in models] == [MODEL]
     assert models[0].engines == 1
