@@ -4,6 +4,7 @@ benchmark (`vllm.benchmarks.serve`) in one session."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -77,8 +78,18 @@ def run(ctx: Context) -> Report:
     port = 8000 + ctx.port_offset
     with vllm_server(folder, port, ctx.out_dir) as direct_base:
         direct = _row("vllm-openai-server", _serve_benchmark(direct_base, "openai-chat", model_path, prompts))
-    with llmmesh_stack(ctx.out_dir / "stack-engine", ctx.port_offset) as base:
-        mesh = _row("llmmesh-via-envoy", _serve_benchmark(base, backend, model_path, prompts))
+    with llmmesh_stack(ctx.out_dir / "stack-engine", ctx.port_offset) as stack:
+        # vLLM's benchmark client sends OPENAI_API_KEY as its Bearer key.
+        saved = os.environ.get("OPENAI_API_KEY")
+        os.environ["OPENAI_API_KEY"] = stack.api_key
+        try:
+            result = _serve_benchmark(stack.settings.public_url, backend, model_path, prompts)
+        finally:
+            if saved is None:
+                os.environ.pop("OPENAI_API_KEY", None)
+            else:
+                os.environ["OPENAI_API_KEY"] = saved
+        mesh = _row("llmmesh-via-envoy", result)
     ratio = mesh.metrics["output_tok_s"] / direct.metrics["output_tok_s"]
     ttft_delta = mesh.metrics["ttft_p50_ms"] - direct.metrics["ttft_p50_ms"]
     params = {"concurrency": CONCURRENCY, "input_len": INPUT_LEN, "output_len": OUTPUT_LEN, "prompts": prompts}

@@ -27,6 +27,7 @@ local prefix = '{"model": "%(model)s", "max_tokens": %(tokens)d, "stream": %(str
 local suffix = '", "messages": [{"role": "user", "content": "What is the capital of France?"}]}'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %(key)s"
 request = function()
   counter = counter + 1
   return wrk.format(nil, nil, nil, prefix .. tostring(math.random(1, 1e9)) .. "-" .. counter .. suffix)
@@ -62,7 +63,7 @@ def _wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, fl
     return parse_wrk(out)
 
 
-async def _relay(url: str, streams: int) -> float:
+async def _relay(url: str, api_key: str, streams: int) -> float:
     """Tokens per second delivered end to end over `streams` concurrent long SSE streams."""
     body = {"model": MODEL, "max_tokens": LONG_STREAM_TOKENS, "stream": True,
             "messages": [{"role": "user", "content": "Tell me everything."}]}  # fmt: skip
@@ -79,7 +80,8 @@ async def _relay(url: str, streams: int) -> float:
                     tokens += line.count(b" tok")
         return tokens, first, last
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+    headers = {"Authorization": f"Bearer {api_key}"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600), headers=headers) as session:
         results = await asyncio.gather(*(one(session) for _ in range(streams)))
     total = sum(r[0] for r in results)
     if total != LONG_STREAM_TOKENS * streams:
@@ -92,11 +94,12 @@ def run(ctx: Context) -> Report:
     seconds = 4 if ctx.quick else 10
     rows: list[Row] = []
     scripts = {}
-    for stream in (False, True):
-        path = ctx.out_dir / f"wrk-{'stream' if stream else 'json'}.lua"
-        path.write_text(_LUA % {"model": MODEL, "tokens": TOKENS, "stream": str(stream).lower()})
-        scripts[stream] = path
-    with llmmesh_stack(ctx.out_dir / "stack-hops", ctx.port_offset, LLMMESH_INFERENCE_BACKEND="instant") as base:
+    with llmmesh_stack(ctx.out_dir / "stack-hops", ctx.port_offset, LLMMESH_INFERENCE_BACKEND="instant") as stack:
+        base, key = stack.settings.public_url, stack.api_key
+        for stream in (False, True):
+            path = ctx.out_dir / f"wrk-{'stream' if stream else 'json'}.lua"
+            path.write_text(_LUA % {"model": MODEL, "tokens": TOKENS, "stream": str(stream).lower(), "key": key})
+            scripts[stream] = path
         gateway = f"http://127.0.0.1:{8100 + ctx.port_offset}"
         for path_name, root in (("envoy", base), ("gateway-direct", gateway)):
             for stream in (False, True):
@@ -106,8 +109,8 @@ def run(ctx: Context) -> Report:
                     figures = _wrk(f"{root}/v1/chat/completions", scripts[stream], connections, seconds)
                     case = f"{path_name} {'sse' if stream else 'json'} c={connections}"
                     rows.append(Row(case, figures, {"tokens": TOKENS, "seconds": seconds}))
-        relay_1 = asyncio.run(_relay(f"{base}/v1/chat/completions", 1))
-        relay_4 = asyncio.run(_relay(f"{base}/v1/chat/completions", 4))
+        relay_1 = asyncio.run(_relay(f"{base}/v1/chat/completions", key, 1))
+        relay_4 = asyncio.run(_relay(f"{base}/v1/chat/completions", key, 4))
     rows.append(Row("relay 1 stream", {"tok_s": relay_1}, {"tokens": LONG_STREAM_TOKENS}))
     rows.append(Row("relay 4 streams", {"tok_s": relay_4}, {"tokens": LONG_STREAM_TOKENS}))
     at16 = {r.case: r.metrics for r in rows}

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from services.stack.launcher import background_stack
+from services.stack.launcher import RunningStack, background_stack
 from services.stack.readiness import http_ok
 
 MODEL = "smollm2-135m-instruct"
@@ -40,12 +40,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def llmmesh_stack(run_dir: Path, port_offset: int, **env: str) -> Iterator[str]:
-    """Yields Envoy's public base URL (http://host:port); service logs at warning, since a
-    log line per request would be measured too."""
+def llmmesh_stack(run_dir: Path, port_offset: int, **env: str) -> Iterator[RunningStack]:
+    """Yields the running stack (its public URL and an API key); service logs at warning,
+    since a log line per request would be measured too."""
     quiet = {f"LLMMESH_{svc}_LOG_LEVEL": "WARNING" for svc in ("GATEWAY", "MEMORY", "ROUTER", "INFERENCE")}
     with background_stack(run_dir, port_offset, {**quiet, **env}) as stack:
-        yield stack.settings.public_url
+        yield stack
 
 
 @contextlib.contextmanager

@@ -1,8 +1,10 @@
-"""``llmmesh``: the command line, a client of the public HTTP API only.
+"""``llmmesh``: the command line, a client of the public HTTP API; ``llmmesh keys``, an
+operator's tool, talks to the key store (the Redis-protocol server) directly instead.
 
 Each subcommand is a module with ``register(subparsers, parent)``, which adds its parser and
-sets ``handler`` to a ``run(args, client, settings) -> exit code``; adding one (``llmmesh
-keys ...``, ``llmmesh knowledge ...``) means writing the module and listing it in SUBCOMMANDS.
+sets ``handler`` to a ``run(args, client, settings) -> exit code`` (one that does not use the
+API ignores ``client``); adding one (``llmmesh knowledge ...``) means writing the module and
+listing it in SUBCOMMANDS.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from types import ModuleType
 
 from pydantic import ValidationError
 
-from services.cli import chat
+from services.cli import chat, keys
 from services.cli.client import MeshClient
 from services.cli.settings import DEFAULT_BASE_URL, CliSettings
 
-SUBCOMMANDS: tuple[ModuleType, ...] = (chat,)
+SUBCOMMANDS: tuple[ModuleType, ...] = (chat, keys)
 
 
 def _positive_float(text: str) -> float:
@@ -67,7 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_settings(args: argparse.Namespace) -> CliSettings:
     """The environment's settings with the flags given on top."""
-    flags = {"base_url": "base_url", "api_key": "api_key", "timeout": "timeout_s", "model": "model"}
+    flags = {
+        "base_url": "base_url",
+        "api_key": "api_key",
+        "timeout": "timeout_s",
+        "model": "model",
+        "redis_url": "redis_url",
+    }
     overrides = {field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag, None)}
     return CliSettings().model_copy(update=overrides)
 

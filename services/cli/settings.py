@@ -1,4 +1,5 @@
-"""Where the ``llmmesh`` command finds the API; flags override these."""
+"""Where the ``llmmesh`` command finds the API (and, for ``llmmesh keys``, the key store);
+flags override these."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080/v1"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 class CliSettings(BaseSettings):
@@ -19,3 +21,6 @@ class CliSettings(BaseSettings):
     model: str = "llmmesh"
     # Seconds to wait for an answer (for a streamed reply: between two pieces of it).
     timeout_s: float = Field(default=300.0, gt=0)
+    # The Redis-protocol server the gateways keep the API keys in (`llmmesh keys` talks to it
+    # directly; the local stack's is on 6379).
+    redis_url: str = DEFAULT_REDIS_URL

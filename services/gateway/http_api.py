@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 import orjson
-from fastapi import FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.context import REQUEST_ID_HEADER, new_request_id, request_id_var
 from services.common.errors import MeshError
+from services.gateway.auth import Authenticator
 from services.gateway.clients import MeshClients
 from services.gateway.errors import APIError
 from services.gateway.pipeline import Accepted, ChatPipeline, ChatTurn, ChoiceDone, Delta, Done
@@ -101,14 +102,14 @@ class RequestContextMiddleware:
             HTTP_REQUESTS.labels(path, str(status)).inc()
 
 
-def create_app(settings: GatewaySettings, pipeline: ChatPipeline, clients: MeshClients) -> FastAPI:
+def create_app(settings: GatewaySettings, pipeline: ChatPipeline, clients: MeshClients, auth: Authenticator) -> FastAPI:
     app = FastAPI(title="llmmesh", version="0.1.0", description="OpenAI-compatible chat API of the llmmesh mesh.")
 
     app.add_middleware(RequestContextMiddleware)
 
-    def tenant() -> str:
-        # Every request is the default tenant's until API keys map callers to tenants.
-        return settings.default_tenant
+    async def tenant(request: Request) -> str:
+        """The caller's tenant, from its API key (401 without a valid one)."""
+        return await auth.tenant(request.headers.get("authorization"))
 
     app.include_router(create_router(settings, clients, tenant))
 
@@ -143,7 +144,7 @@ def create_app(settings: GatewaySettings, pipeline: ChatPipeline, clients: MeshC
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", dependencies=[Depends(tenant)])
     async def list_models() -> dict[str, Any]:
         models = await pipeline.list_models()
         return {
@@ -156,11 +157,12 @@ def create_app(settings: GatewaySettings, pipeline: ChatPipeline, clients: MeshC
         body: ChatCompletionRequest,
         request: Request,
         x_session_id: str | None = Header(default=None, alias=SESSION_HEADER),
+        tenant_: str = Depends(tenant),
     ) -> Response:
         session_id = body.session_id or x_session_id or ""
         turn = ChatTurn(
             request_id=request_id_var.get(),
-            tenant=tenant(),
+            tenant=tenant_,
             model=body.model,
             messages=body.to_messages(),
             sampling=body.to_sampling(),

@@ -9,8 +9,10 @@ import uvicorn
 
 from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
 from services.common.server import ServiceSpec, Sidecar, serve
+from services.gateway.auth import Authenticator
 from services.gateway.clients import MeshClients
 from services.gateway.http_api import create_app
+from services.gateway.keys import KeyStore
 from services.gateway.pipeline import ChatPipeline
 from services.gateway.servicer import ChatServicer
 from services.gateway.settings import GatewaySettings
@@ -18,7 +20,7 @@ from services.gateway.settings import GatewaySettings
 SERVICE_NAME = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
 
 
-class _HttpServer(uvicorn.Server):
+class HttpServer(uvicorn.Server):
     """uvicorn without its own signal handling: the service bootstrap owns SIGTERM/SIGINT
     and asks this server to drain through `should_exit`."""
 
@@ -31,9 +33,11 @@ async def main() -> None:
     settings = GatewaySettings()
     clients = MeshClients.connect(settings)
     pipeline = ChatPipeline(settings, clients)
-    http = _HttpServer(
+    keys = KeyStore.from_url(settings.redis_url)
+    auth = Authenticator(settings, keys)
+    http = HttpServer(
         uvicorn.Config(
-            create_app(settings, pipeline, clients),
+            create_app(settings, pipeline, clients, auth),
             host=settings.host,
             port=settings.http_port,
             loop="none",  # the service's loop is already running
@@ -51,8 +55,16 @@ async def main() -> None:
         name="gateway",
         grpc_services=[SERVICE_NAME],
         register=lambda server: chat_pb2_grpc.add_ChatServiceServicer_to_server(
-            ChatServicer(settings, pipeline), server
+            ChatServicer(settings, pipeline, auth), server
         ),
         sidecars=[Sidecar(run=http.serve, stop=stop_http)],
     )
-    await serve(spec, settings, shutdown=pipeline.close)
+
+    async def startup() -> None:
+        await auth.seed()  # fails fast when Redis is not there
+
+    async def shutdown() -> None:
+        await pipeline.close()
+        await keys.close()
+
+    await serve(spec, settings, startup=startup, shutdown=shutdown)

@@ -9,23 +9,34 @@ import grpc
 from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
 from llmmesh.common.v1 import chat_pb2 as common_pb2
 from services.common.context import current_request_id
+from services.common.errors import MeshError
+from services.gateway.auth import Authenticator
 from services.gateway.pipeline import Accepted, ChatPipeline, ChatTurn, Delta, Done
 from services.gateway.settings import GatewaySettings
 
 
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode()
+    return None
+
+
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
-    def __init__(self, settings: GatewaySettings, pipeline: ChatPipeline) -> None:
+    def __init__(self, settings: GatewaySettings, pipeline: ChatPipeline, auth: Authenticator) -> None:
         self._settings = settings
         self._pipeline = pipeline
+        self._auth = auth
 
     async def StreamChat(
         self, request: chat_pb2.StreamChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[chat_pb2.StreamChatResponse]:
+        tenant = await self._auth.tenant(_authorization(context))
         if not request.messages:
-            raise ValueError("messages must not be empty")
+            raise MeshError(grpc.StatusCode.INVALID_ARGUMENT, "messages must not be empty", "invalid_request_error")
         turn = ChatTurn(
             request_id=current_request_id(),
-            tenant=self._settings.default_tenant,
+            tenant=tenant,
             model=request.model,
             messages=list(request.messages),
             sampling=request.sampling,

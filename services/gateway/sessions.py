@@ -84,7 +84,7 @@ def list_object(data: list[dict[str, Any]], has_more: bool = False) -> dict[str,
     }
 
 
-def create_router(settings: GatewaySettings, clients: MeshClients, tenant: Callable[..., str]) -> APIRouter:
+def create_router(settings: GatewaySettings, clients: MeshClients, tenant: Callable[..., Awaitable[str]]) -> APIRouter:
     router = APIRouter(tags=["sessions and memories"])
     memory = clients.memory
     timeout = settings.upstream_timeout_s

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
 
 
 class GatewaySettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="LLMMESH_GATEWAY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="LLMMESH_GATEWAY_", extra="ignore", populate_by_name=True)
 
     # Internal gRPC ChatService.
     grpc_port: int = 8101
@@ -15,7 +16,16 @@ class GatewaySettings(ServiceSettings):
     memory_target: str = "127.0.0.1:8103"
     router_target: str = "127.0.0.1:8104"
     inference_target: str = "127.0.0.1:8102"
-    # Tenant of requests that carry no API key (API keys come with the gateway's own issue).
+    # The Redis-protocol server holding the API keys (shared by every gateway replica).
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Every /v1 request needs a Bearer API key, which names its tenant. Off: a request without
+    # a key is the default tenant's (a key that is given is still checked).
+    require_api_key: bool = True
+    # Keys to store at start-up: comma-separated `key` or `key:tenant` (tenant: default_tenant).
+    api_keys: SecretStr = Field(
+        default=SecretStr(""), validation_alias=AliasChoices("LLMMESH_API_KEYS", "LLMMESH_GATEWAY_API_KEYS")
+    )
+    # Tenant of seeded keys that name none, and of keyless requests when keys are not required.
     default_tenant: str = "default"
     # Seconds to wait for memory and router before failing a request.
     upstream_timeout_s: float = 10.0

@@ -70,6 +70,7 @@ class Indexer:
             except Exception:
                 INDEX_FAILURES.labels("bug").inc()
                 log.exception("indexer: unexpected error")
+            _stop_if_cancelled()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
 
@@ -117,6 +118,14 @@ class Indexer:
         for tenant, ids in by_tenant.items():
             gone |= await self._store.forgotten(tenant, ids)
         return gone
+
+
+def _stop_if_cancelled() -> None:
+    """A client library may turn the cancellation of a blocked read into a connection error;
+    the task was still asked to stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _records(entry: IndexEntry) -> list[MemoryRecord]:

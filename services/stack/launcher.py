@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psutil
 
+from services.gateway.keys import new_key
 from services.stack.readiness import mesh_ready
 from services.stack.settings import StackSettings
 
@@ -27,6 +28,8 @@ class RunningStack:
     settings: StackSettings
     log: Path
     pid: int
+    # A key of the default tenant the gateway was seeded with.
+    api_key: str
     # Filled in on exit: processes still alive after the stop.
     leftovers: list[str] = field(default_factory=list)
 
@@ -38,6 +41,11 @@ class RunningStack:
     def grpc_target(self) -> str:
         """Envoy's public port: the gateway's ChatService (internal services are not routed there)."""
         return f"{self.settings.host}:{self.settings.port('public')}"
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The Authorization header of `api_key`."""
+        return {"Authorization": f"Bearer {self.api_key}"}
 
     def internal_target(self, service: str) -> str:
         """An internal service's own port ("inference", "memory", "router"), reachable only from inside."""
@@ -68,7 +76,13 @@ def background_stack(
 ) -> Iterator[RunningStack]:
     """Yields once the mesh answers /v1/models with a model through Envoy."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    extra = {"LLMMESH_STACK_PORT_OFFSET": str(port_offset), "LLMMESH_STACK_RUN_DIR": str(run_dir), **(env or {})}
+    api_key = new_key()
+    extra = {
+        "LLMMESH_STACK_PORT_OFFSET": str(port_offset),
+        "LLMMESH_STACK_RUN_DIR": str(run_dir),
+        "LLMMESH_API_KEYS": api_key,
+        **(env or {}),
+    }
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
     settings = StackSettings(port_offset=port_offset, run_dir=run_dir)
     log = run_dir / "stack.log"
@@ -76,11 +90,11 @@ def background_stack(
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.stack"], cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT
         )
-    stack = RunningStack(settings, log, proc.pid)
+    stack = RunningStack(settings, log, proc.pid, api_key)
     descendants: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + timeout_s
-        ready = mesh_ready(settings.public_url)
+        ready = mesh_ready(settings.public_url, api_key)
         while not ready():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the stack did not come up (exit code {proc.poll()}):\n{stack.log_tail(80)}")

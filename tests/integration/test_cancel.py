@@ -47,7 +47,7 @@ def _idle_within(stub: inference_pb2_grpc.InferenceServiceStub, seconds: float) 
 def test_closing_the_sse_stream_aborts_the_engine_request(
     stack: Stack, inference: inference_pb2_grpc.InferenceServiceStub
 ) -> None:
-    client = openai.OpenAI(base_url=stack.base_url, api_key="unused", max_retries=0)
+    client = openai.OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0)
     stream = client.chat.completions.create(
         model=MODEL,
         messages=LONG_TASK,
@@ -74,7 +74,7 @@ def test_client_gone_during_a_non_streaming_request_aborts_it(
 ) -> None:
     body = {"model": MODEL, "messages": LONG_TASK, "max_tokens": 4000, "temperature": 0}
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{stack.base_url}/chat/completions", json=body, timeout=2.0)
+        httpx.post(f"{stack.base_url}/chat/completions", json=body, timeout=2.0, headers=stack.auth)
     _idle_within(inference, 1.5)
 
 

@@ -17,7 +17,7 @@ QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What 
 
 @pytest.fixture(scope="module")
 def client(stack: Stack) -> openai.OpenAI:
-    return openai.OpenAI(base_url=stack.base_url, api_key="unused", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0, timeout=120)
 
 
 def test_models_lists_the_default_model(client: openai.OpenAI) -> None:

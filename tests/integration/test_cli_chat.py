@@ -33,14 +33,14 @@ SECOND = "What is my favourite colour?"
 
 @pytest.fixture(scope="module")
 def http(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.base_url + "/", timeout=60) as client:
+    with httpx.Client(base_url=stack.base_url + "/", timeout=60, headers=stack.auth) as client:
         yield client
 
 
 @pytest.fixture
 def chat(stack: Stack) -> Iterator[pexpect.spawn]:
     assert LLMMESH.is_file(), f"{LLMMESH} is missing: `make setup` installs the project (pip install -e .)"
-    env = {**os.environ, "LLMMESH_BASE_URL": stack.base_url, "TERM": "dumb"}
+    env = {**os.environ, "LLMMESH_BASE_URL": stack.base_url, "LLMMESH_API_KEY": stack.api_key, "TERM": "dumb"}
     child = pexpect.spawn(
         str(LLMMESH),
         ["chat", "--model", MODEL, "--max-tokens", "24", "--temperature", "0"],

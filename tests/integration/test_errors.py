@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def client(stack: Stack) -> openai.OpenAI:
-    return openai.OpenAI(base_url=stack.base_url, api_key="unused", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0, timeout=120)
 
 
 def _error(response: httpx.Response) -> dict[str, Any]:
@@ -31,7 +31,7 @@ def test_malformed_json_is_a_400(stack: Stack) -> None:
     response = httpx.post(
         f"{stack.base_url}/chat/completions",
         content=b'{"model": "x", "messages": [',
-        headers={"Content-Type": "application/json"},
+        headers={**stack.auth, "Content-Type": "application/json"},
     )
     assert response.status_code == 400
     assert _error(response)["type"] == "invalid_request_error"
@@ -39,7 +39,7 @@ def test_malformed_json_is_a_400(stack: Stack) -> None:
 
 def test_missing_messages_is_a_400_naming_the_param(stack: Stack) -> None:
     # The SDK refuses to send this itself, so it goes over plain HTTP.
-    response = httpx.post(f"{stack.base_url}/chat/completions", json={"model": MODEL})
+    response = httpx.post(headers=stack.auth, url=f"{stack.base_url}/chat/completions", json={"model": MODEL})
     assert response.status_code == 400
     error = _error(response)
     assert error["param"] == "messages"
@@ -47,14 +47,17 @@ def test_missing_messages_is_a_400_naming_the_param(stack: Stack) -> None:
 
 
 def test_empty_messages_is_a_400(stack: Stack) -> None:
-    response = httpx.post(f"{stack.base_url}/chat/completions", json={"model": MODEL, "messages": []})
+    response = httpx.post(
+        headers=stack.auth, url=f"{stack.base_url}/chat/completions", json={"model": MODEL, "messages": []}
+    )
     assert response.status_code == 400
     assert _error(response)["param"] == "messages"
 
 
 def test_out_of_range_temperature_is_a_400(stack: Stack) -> None:
     response = httpx.post(
-        f"{stack.base_url}/chat/completions",
+        headers=stack.auth,
+        url=f"{stack.base_url}/chat/completions",
         json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 7},
     )
     assert response.status_code == 400
@@ -103,6 +106,6 @@ def test_prompt_plus_max_tokens_over_the_context_is_a_400(client: openai.OpenAI)
 
 
 def test_unknown_route_is_an_openai_shaped_404(stack: Stack) -> None:
-    response = httpx.get(f"{stack.base_url}/no-such-endpoint")
+    response = httpx.get(f"{stack.base_url}/no-such-endpoint", headers=stack.auth)
     assert response.status_code == 404
     assert _error(response)["type"] == "invalid_request_error"

@@ -27,7 +27,10 @@ def channel(stack: Stack) -> Iterator[grpc.Channel]:
 
 def test_example_client_streams_a_chat_through_envoy(stack: Stack) -> None:
     result = subprocess.run(
-        [sys.executable, "examples/grpc_chat.py", "--target", stack.grpc_target, "What is the capital of France?"],
+        [
+            *(sys.executable, "examples/grpc_chat.py", "--target", stack.grpc_target),
+            *("--api-key", stack.api_key, "What is the capital of France?"),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -39,7 +42,20 @@ def test_example_client_streams_a_chat_through_envoy(stack: Stack) -> None:
     assert "finish ['stop']" in result.stderr
 
 
-def test_chat_service_streams_started_deltas_finished(channel: grpc.Channel) -> None:
+def auth(stack: Stack) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {stack.api_key}"),)
+
+
+def test_chat_service_needs_an_api_key(stack: Stack, channel: grpc.Channel) -> None:
+    stub = chat_pb2_grpc.ChatServiceStub(channel)
+    request = chat_pb2.StreamChatRequest(model=MODEL, messages=[common_pb2.ChatMessage(role="user", content="hi")])
+    for metadata in ((), (("authorization", "Bearer wrong"),)):
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stub.StreamChat(request, timeout=30, metadata=metadata))
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_chat_service_streams_started_deltas_finished(stack: Stack, channel: grpc.Channel) -> None:
     stub = chat_pb2_grpc.ChatServiceStub(channel)
     replies = list(
         stub.StreamChat(
@@ -49,6 +65,7 @@ def test_chat_service_streams_started_deltas_finished(channel: grpc.Channel) -> 
                 sampling=common_pb2.SamplingParams(temperature=0),
             ),
             timeout=60,
+            metadata=auth(stack),
         )
     )
     kinds = [r.WhichOneof("event") for r in replies]
@@ -60,7 +77,7 @@ def test_chat_service_streams_started_deltas_finished(channel: grpc.Channel) -> 
     assert replies[-1].finished.usage.completion_tokens > 0
 
 
-def test_chat_service_unknown_model_is_not_found(channel: grpc.Channel) -> None:
+def test_chat_service_unknown_model_is_not_found(stack: Stack, channel: grpc.Channel) -> None:
     stub = chat_pb2_grpc.ChatServiceStub(channel)
     with pytest.raises(grpc.RpcError) as caught:
         list(
@@ -69,6 +86,7 @@ def test_chat_service_unknown_model_is_not_found(channel: grpc.Channel) -> None:
                     model="no-such-model", messages=[common_pb2.ChatMessage(role="user", content="hi")]
                 ),
                 timeout=30,
+                metadata=auth(stack),
             )
         )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND

@@ -22,12 +22,12 @@ WORDS = ["river", "copper", "lantern", "orchard", "violin", "harbor", "meadow", 
 
 @pytest.fixture(scope="module")
 def client(stack: Stack) -> openai.OpenAI:
-    return openai.OpenAI(base_url=stack.base_url, api_key="unused", max_retries=0, timeout=300)
+    return openai.OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0, timeout=300)
 
 
 @pytest.fixture(scope="module")
 def http(stack: Stack) -> httpx.Client:
-    return httpx.Client(base_url=stack.base_url, timeout=60)
+    return httpx.Client(base_url=stack.base_url, timeout=60, headers=stack.auth)
 
 
 def wait_for_memory(http: httpx.Client, session_id: str, text: str, timeout_s: float = 90) -> list[dict[str, Any]]:

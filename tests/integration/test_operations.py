@@ -22,7 +22,7 @@ def _metrics(stack: Stack, name: str) -> str:
 
 
 def test_every_service_exports_metrics_of_the_requests_it_served(stack: Stack) -> None:
-    client = openai.OpenAI(base_url=stack.base_url, api_key="unused", max_retries=0)
+    client = openai.OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0)
     client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2, extra_body={"session_id": "metrics"}
     )

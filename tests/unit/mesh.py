@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 import redis.asyncio as redis
+import uvicorn
+from pydantic import SecretStr
 
 from llmmesh.inference.v1 import inference_pb2_grpc
 from llmmesh.memory.v1 import memory_pb2_grpc
@@ -23,9 +25,12 @@ from llmmesh.router.v1 import router_pb2_grpc
 from services.common.channels import insecure_channel
 from services.common.server import ServiceSpec, running_server
 from services.common.settings import ServiceSettings
+from services.gateway.auth import Authenticator
 from services.gateway.clients import MeshClients
 from services.gateway.http_api import create_app
+from services.gateway.keys import KeyStore
 from services.gateway.pipeline import ChatPipeline
+from services.gateway.server import HttpServer
 from services.gateway.settings import GatewaySettings
 from services.inference.embedder import Embedder
 from services.inference.engine import ChatTokenizer, PromptLimits
@@ -60,10 +65,17 @@ class MeshOptions:
     indexer: bool = True
     # A Qdrant server instead of the embedded engine.
     qdrant_url: str = ""
+    # Where the API keys live when not with the memory (default: the same Redis).
+    keys_redis_url: str = ""
+
+
+API_KEY = "llm-test-key-of-the-default-tenant"
+OTHER_KEY = "llm-test-key-of-tenant-b"
 
 
 @dataclass
 class Mesh:
+    # Sends API_KEY (tenant "default") unless a request says otherwise.
     http: httpx.AsyncClient
     backend: InstantBackend
     store: SessionStore
@@ -149,7 +161,11 @@ async def in_process_mesh(
         ),
     ]
     settings = GatewaySettings(
-        memory_target=targets["memory"], router_target=targets["router"], inference_target=targets["inference"]
+        memory_target=targets["memory"],
+        router_target=targets["router"],
+        inference_target=targets["inference"],
+        redis_url=options.keys_redis_url or redis_url,
+        api_keys=SecretStr(f"{API_KEY},{OTHER_KEY}:tenant-b"),
     )
     async with contextlib.AsyncExitStack() as stack:
         for spec, port in specs:
@@ -157,13 +173,44 @@ async def in_process_mesh(
         await catalog.refresh()
         clients = MeshClients.connect(settings)
         pipeline = ChatPipeline(settings, clients)
+        keys = KeyStore.from_url(settings.redis_url)
+        stack.push_async_callback(keys.close)
+        auth = Authenticator(settings, keys)
+        await auth.seed()
         stack.push_async_callback(pipeline.close)
         stack.push_async_callback(embed_channel.close)
         stack.push_async_callback(router_channel.close)
         stack.push_async_callback(store.close)
         stack.push_async_callback(vectors.close)
-        app = create_app(settings, pipeline, clients)
-        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://mesh", timeout=30.0)
+        http_port = free_port()
+        # The gateway's REST API on real uvicorn, as the service runs it: each request in its own task.
+        server = HttpServer(
+            uvicorn.Config(
+                create_app(settings, pipeline, clients, auth),
+                host="127.0.0.1",
+                port=http_port,
+                loop="none",
+                http="httptools",
+                access_log=False,
+                log_config=None,
+            )
+        )
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            if serving.done():
+                serving.result()
+            await asyncio.sleep(0.01)
+
+        async def stop_http() -> None:
+            server.should_exit = True
+            await serving
+
+        stack.push_async_callback(stop_http)
+        http = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{http_port}",
+            timeout=30.0,
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
         stack.push_async_callback(http.aclose)
         with contextlib.suppress(redis.ConnectionError):  # the Redis-down test has none
             await store.ensure_queue()

@@ -3,6 +3,7 @@ SSE reader, and `llmmesh chat`'s loop against an in-memory fake of the public HT
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import Generator, Iterator
@@ -14,7 +15,9 @@ import pytest
 from services.cli.chat import ChatOptions, ChatRepl, Command, parse_line
 from services.cli.client import ApiError, ChatChunk, MeshClient, chunk_of, parse_sse_line
 from services.cli.main import build_parser, main, resolve_settings
-from services.cli.settings import DEFAULT_BASE_URL
+from services.cli.settings import DEFAULT_BASE_URL, DEFAULT_REDIS_URL
+from services.gateway.keys import KeyStore
+from tests.unit.helpers import free_port
 
 # -- arguments and settings
 
@@ -517,3 +520,128 @@ def test_ctrl_c_at_the_prompt_keeps_going_and_ctrl_c_in_a_reply_stops_it(api: Fa
     client = InterruptingClient("http://fake/v1", transport=httpx.MockTransport(api.handle))
     assert ChatRepl(client, ChatOptions(model="m"), read=read, out=out, err=err).run() == 0
     assert "assistant> Hel [stopped]\n" in out.getvalue()
+
+
+# -- llmmesh keys, against the real Redis-protocol server
+
+
+async def _llmmesh(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Runs ``llmmesh argv`` (in a thread: it runs its own event loop); exit code, out, err."""
+    code = await asyncio.to_thread(main, list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _one_error_line(captured_err: str, out: str) -> str:
+    lines = captured_err.strip().splitlines()
+    assert len(lines) == 1, captured_err
+    assert "Traceback" not in captured_err + out
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_keys_redis_url_from_flags_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LLMMESH_REDIS_URL", raising=False)
+    assert resolve_settings(build_parser().parse_args(["keys", "list"])).redis_url == DEFAULT_REDIS_URL
+    assert DEFAULT_REDIS_URL == "redis://127.0.0.1:6379/0"
+
+    monkeypatch.setenv("LLMMESH_REDIS_URL", "redis://env:1/2")
+    assert resolve_settings(build_parser().parse_args(["keys", "list"])).redis_url == "redis://env:1/2"
+    for argv in (
+        ["keys", "--redis-url", "redis://flag:3/0", "revoke", "key_1"],
+        ["keys", "revoke", "key_1", "--redis-url", "redis://flag:3/0"],
+    ):
+        args = build_parser().parse_args(argv)
+        assert resolve_settings(args).redis_url == "redis://flag:3/0"
+        assert (args.keys_action, args.key_id) == ("revoke", "key_1")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["keys"], ["keys", "create"], ["keys", "create", "--tenant", " "], ["keys", "revoke"], ["keys", "rotate"]],
+)
+def test_keys_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert "usage: llmmesh keys" in capsys.readouterr().err
+
+
+async def test_keys_create_list_revoke(valkey_url: str, tenant: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = await _llmmesh(capsys, "keys", "create", "--redis-url", valkey_url, "--tenant", tenant)
+    assert (code, err) == (0, "")
+    fields = dict(line.split(maxsplit=1) for line in out.splitlines() if line.startswith(("key ", "id ", "tenant ")))
+    key, key_id = fields["key"], fields["id"]
+    assert fields["tenant"] == tenant
+    assert "cannot be shown again" in out
+
+    store = KeyStore.from_url(valkey_url)
+    try:
+        found = await store.lookup(key)
+        assert found is not None
+        assert (found.id, found.tenant, found.name) == (key_id, tenant, "")
+
+        code, out, err = await _llmmesh(
+            capsys, "keys", "--redis-url", valkey_url, "create", "--tenant", tenant, "--name", "ci runner"
+        )
+        assert code == 0
+        named_id = dict(line.split(maxsplit=1) for line in out.splitlines() if line.startswith("id "))["id"]
+        other_key, other = await store.create(tenant + "-other")
+
+        code, out, err = await _llmmesh(capsys, "keys", "list", "--redis-url", valkey_url, "--tenant", tenant)
+        assert (code, err) == (0, "")
+        header, *rows = out.strip().splitlines()
+        assert header.split() == ["ID", "TENANT", "NAME", "CREATED", "(UTC)", "HINT"]
+        by_id = {row.split()[0]: row for row in rows}  # keys made in the same second: any order
+        assert set(by_id) == {key_id, named_id}
+        assert by_id[key_id].split()[:3] == [key_id, tenant, "-"]
+        assert "ci runner" in by_id[named_id]
+        assert found.hint + "…" in by_id[key_id]
+        assert key not in out
+        assert other.id not in out
+
+        code, out, err = await _llmmesh(capsys, "keys", "list", "--redis-url", valkey_url)  # every tenant
+        assert code == 0
+        assert key_id in out
+        assert named_id in out
+        assert other.id in out
+        assert key not in out
+        assert other_key not in out
+
+        code, out, err = await _llmmesh(capsys, "keys", "revoke", key_id, "--redis-url", valkey_url)
+        assert (code, err) == (0, "")
+        assert key_id in out
+        assert await store.lookup(key) is None
+        assert await store.lookup(other_key) is not None
+
+        code, out, err = await _llmmesh(capsys, "keys", "revoke", key_id, "--redis-url", valkey_url)
+        assert (code, out) == (1, "")
+        assert key_id in _one_error_line(err, out)
+
+        code, out, err = await _llmmesh(capsys, "keys", "list", "--redis-url", valkey_url, "--tenant", tenant)
+        assert code == 0
+        assert key_id not in out
+        assert named_id in out
+
+        code, out, err = await _llmmesh(capsys, "keys", "list", "--redis-url", valkey_url, "--tenant", tenant + "-none")
+        assert (code, out.strip()) == (0, f"no keys for tenant {tenant}-none")
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("action", [["list"], ["create", "--tenant", "t"], ["revoke", "key_1"]])
+async def test_keys_with_redis_down_is_one_line_and_exit_1(
+    action: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"redis://:secret-password@127.0.0.1:{free_port()}/0"
+    code, out, err = await _llmmesh(capsys, "keys", "--redis-url", url, *action)
+    assert (code, out) == (1, "")
+    line = _one_error_line(err, out)
+    assert line.startswith("error: cannot reach the key store at redis://:***@127.0.0.1:")
+    assert "secret-password" not in err
+
+
+async def test_keys_with_an_invalid_redis_url(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = await _llmmesh(capsys, "keys", "--redis-url", "http://127.0.0.1:6379", "list")
+    assert (code, out) == (1, "")
+    assert _one_error_line(err, out).startswith("error: invalid Redis URL http://127.0.0.1:6379")

@@ -7,8 +7,10 @@ from typing import Any, cast
 import pytest
 from fastapi.testclient import TestClient
 
+from services.gateway.auth import Authenticator
 from services.gateway.clients import MeshClients
 from services.gateway.http_api import create_app
+from services.gateway.keys import KeyStore
 from services.gateway.pipeline import ChatPipeline
 from services.gateway.settings import GatewaySettings
 
@@ -16,9 +18,10 @@ from services.gateway.settings import GatewaySettings
 @pytest.fixture(scope="module")
 def client() -> TestClient:
     # No upstream is reached by these routes, so no pipeline is needed.
-    # Channels connect lazily: nothing is dialled unless a route calls an upstream.
-    settings = GatewaySettings()
-    return TestClient(create_app(settings, cast(ChatPipeline, None), MeshClients.connect(settings)))
+    # Channels and Redis connect lazily: nothing is dialled unless a route calls an upstream.
+    settings = GatewaySettings(require_api_key=False)
+    auth = Authenticator(settings, KeyStore.from_url(settings.redis_url))
+    return TestClient(create_app(settings, cast(ChatPipeline, None), MeshClients.connect(settings), auth))
 
 
 def test_incoming_request_id_is_echoed(client: TestClient) -> None:

@@ -195,7 +195,7 @@ async def test_one_tenant_cannot_touch_another_tenants_data(mesh: Mesh) -> None:
     memories = (await memory.ListMemories(memory_pb2.ListMemoriesRequest(tenant="default", session_id=sid))).memories
     assert memories
 
-    other = "tenant-b"
+    other = f"tenant-{uuid.uuid4().hex[:8]}"
     with pytest.raises(grpc.aio.AioRpcError) as denied:
         await memory.GetSession(memory_pb2.GetSessionRequest(tenant=other, session_id=sid))
     assert denied.value.code() == grpc.StatusCode.NOT_FOUND
@@ -253,10 +253,11 @@ async def test_sessions_page_through_without_repeats(mesh: Mesh) -> None:
 
 
 async def test_redis_down_is_503_with_retry_after(
-    tmp_path: Path, smollm2_tokenizer: ChatTokenizer, embedder: Embedder
+    valkey_url: str, tmp_path: Path, smollm2_tokenizer: ChatTokenizer, embedder: Embedder
 ) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    async with in_process_mesh(dead, tmp_path, smollm2_tokenizer, embedder, MeshOptions(indexer=False)) as mesh:
+    options = MeshOptions(indexer=False, keys_redis_url=valkey_url)  # the memory's Redis is down
+    async with in_process_mesh(dead, tmp_path, smollm2_tokenizer, embedder, options) as mesh:
         response = await mesh.chat("hello", session_id=session())
         stateless = await mesh.chat("hello")
 

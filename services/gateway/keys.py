@@ -1,0 +1,133 @@
+"""API keys, each bound to a tenant, in the Redis-protocol server every gateway replica shares.
+
+Only a key's SHA-256 is stored, never the key: ``llmmesh:apikey:<sha256>`` is a hash with the
+key's id, tenant, name, creation time and a short prefix for people to recognise it by, and
+``llmmesh:apikeys`` maps ids to digests for listing and revoking. A revoked key is deleted, so
+the next request with it is refused at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as redis
+
+KEY_PREFIX = "llm-"
+_RECORD = "llmmesh:apikey:"
+_INDEX = "llmmesh:apikeys"
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: str
+    tenant: str
+    name: str = ""
+    created_at: int = 0
+    # The first characters of the key, for people to tell keys apart.
+    hint: str = ""
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def _hint(key: str) -> str:
+    """At most a quarter of the key (a short seeded key would otherwise be stored whole)."""
+    return key[: min(8, len(key) // 4)]
+
+
+def parse_seed(entries: str, default_tenant: str) -> list[tuple[str, str]]:
+    """``key`` or ``key:tenant`` entries, comma-separated (LLMMESH_API_KEYS)."""
+    seeded = []
+    for raw in entries.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        key, _, tenant = entry.partition(":")
+        if not key.strip():
+            raise ValueError("LLMMESH_API_KEYS holds an entry without a key")
+        seeded.append((key.strip(), tenant.strip() or default_tenant))
+    return seeded
+
+
+def _info(raw: Any) -> KeyInfo:
+    return KeyInfo(
+        id=raw["id"],
+        tenant=raw["tenant"],
+        name=raw.get("name", ""),
+        created_at=int(raw.get("created_at", 0)),
+        hint=raw.get("hint", ""),
+    )
+
+
+class KeyStore:
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    @classmethod
+    def from_url(cls, url: str, timeout_s: float = 2.0) -> KeyStore:
+        return cls(
+            redis.Redis.from_url(url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        )
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def add(self, key: str, tenant: str, name: str = "") -> KeyInfo:
+        """Stores `key` (hashed) for `tenant`; adding a key that exists keeps its record."""
+        if not key or not tenant:
+            raise ValueError("a key and a tenant are required")
+        key_digest = digest(key)
+        info = KeyInfo(
+            id="key_" + key_digest[:16], tenant=tenant, name=name, created_at=int(time.time()), hint=_hint(key)
+        )
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(_INDEX, info.id, key_digest)
+            for field, value in (
+                ("id", info.id),
+                ("tenant", info.tenant),
+                ("name", info.name),
+                ("created_at", info.created_at),
+                ("hint", info.hint),
+            ):
+                pipe.hsetnx(_RECORD + key_digest, field, value)
+            await pipe.execute()
+        stored = await self.lookup(key)
+        assert stored is not None
+        return stored
+
+    async def create(self, tenant: str, name: str = "") -> tuple[str, KeyInfo]:
+        """A new random key for `tenant`: the key itself is returned once and never stored."""
+        key = new_key()
+        return key, await self.add(key, tenant, name)
+
+    async def lookup(self, key: str) -> KeyInfo | None:
+        raw = await self._redis.hgetall(_RECORD + digest(key))
+        return _info(raw) if raw else None
+
+    async def list(self, tenant: str = "") -> list[KeyInfo]:
+        digests: dict[str, str] = await self._redis.hgetall(_INDEX)  # type: ignore[assignment]
+        found = []
+        for key_digest in digests.values():
+            raw = await self._redis.hgetall(_RECORD + key_digest)
+            if raw and (not tenant or raw.get("tenant") == tenant):
+                found.append(_info(raw))
+        return sorted(found, key=lambda k: (k.created_at, k.id))
+
+    async def revoke(self, key_id: str) -> bool:
+        key_digest: str | None = await self._redis.hget(_INDEX, key_id)  # type: ignore[assignment]
+        if key_digest is None:
+            return False
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(_RECORD + key_digest)
+            pipe.hdel(_INDEX, key_id)
+            await pipe.execute()
+        return True
