@@ -193,6 +193,8 @@ async def in_process_mesh(
                 http="httptools",
                 access_log=False,
                 log_config=None,
+                lifespan="off",
+                timeout_graceful_shutdown=2,
             )
         )
         serving = asyncio.create_task(server.serve())
