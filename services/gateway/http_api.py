@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.context import REQUEST_ID_HEADER, new_request_id, request_id_var
 from services.common.errors import MeshError
+from services.gateway import embeddings
 from services.gateway.auth import Authenticator
 from services.gateway.clients import MeshClients
 from services.gateway.errors import APIError
@@ -60,6 +61,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 _KNOWN_ROUTES = {
     "/v1/chat/completions",
+    "/v1/embeddings",
     "/v1/models",
     "/v1/sessions",
     "/v1/memories",
@@ -112,6 +114,7 @@ def create_app(settings: GatewaySettings, pipeline: ChatPipeline, clients: MeshC
         return await auth.tenant(request.headers.get("authorization"))
 
     app.include_router(create_router(settings, clients, tenant))
+    app.include_router(embeddings.create_router(settings, clients, tenant))
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -144,13 +147,26 @@ def create_app(settings: GatewaySettings, pipeline: ChatPipeline, clients: MeshC
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    async def model_objects() -> list[dict[str, Any]]:
+        """The chat models the router serves, and the embedding model."""
+        models = [
+            {"id": m.id, "object": "model", "created": 0, "owned_by": m.owned_by} for m in await pipeline.list_models()
+        ]
+        models.append({"id": settings.embedding_model, "object": "model", "created": 0, "owned_by": "llmmesh"})
+        return models
+
     @app.get("/v1/models", dependencies=[Depends(tenant)])
     async def list_models() -> dict[str, Any]:
-        models = await pipeline.list_models()
-        return {
-            "object": "list",
-            "data": [{"id": m.id, "object": "model", "created": 0, "owned_by": m.owned_by} for m in models],
-        }
+        return {"object": "list", "data": await model_objects()}
+
+    @app.get("/v1/models/{model_id:path}", dependencies=[Depends(tenant)])
+    async def get_model(model_id: str) -> dict[str, Any]:
+        for model in await model_objects():
+            if model["id"] == model_id:
+                return model
+        raise APIError(
+            404, f"The model `{model_id}` does not exist.", "invalid_request_error", "model_not_found", "model"
+        )
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(

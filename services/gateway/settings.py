@@ -27,6 +27,8 @@ class GatewaySettings(ServiceSettings):
     )
     # Tenant of seeded keys that name none, and of keyless requests when keys are not required.
     default_tenant: str = "default"
+    # The embedding model /v1/embeddings serves (the inference service's Embed RPC).
+    embedding_model: str = "all-minilm-l6-v2"
     # Seconds to wait for memory and router before failing a request.
     upstream_timeout_s: float = 10.0
     # How long a finished turn's background append keeps retrying (it is idempotent).
