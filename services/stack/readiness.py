@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.error
 import urllib.request
@@ -45,9 +46,20 @@ def http_ok(url: str, expect: bytes = b"", headers: dict[str, str] | None = None
     return check
 
 
-def mesh_ready(public_url: str, api_key: str) -> Callable[[], bool]:
-    """The mesh answers through Envoy once the router has discovered a model to route to."""
-    return http_ok(f"{public_url}/v1/models", b'"object":"model"', {"Authorization": f"Bearer {api_key}"})
+def mesh_ready(public_url: str, api_key: str, embedding_model: str = "all-minilm-l6-v2") -> Callable[[], bool]:
+    """The mesh answers through Envoy once the router has discovered a chat model to route to
+    (the embedding model is listed from the start)."""
+
+    def check() -> bool:
+        request = urllib.request.Request(f"{public_url}/v1/models", headers={"Authorization": f"Bearer {api_key}"})
+        try:
+            with urllib.request.urlopen(request, timeout=2.0) as response:
+                models = json.loads(response.read()).get("data", [])
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+        return any(m.get("id") != embedding_model for m in models)
+
+    return check
 
 
 def redis_pong(url: str) -> Callable[[], bool]:
