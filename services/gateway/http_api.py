@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -104,10 +105,57 @@ class RequestContextMiddleware:
             HTTP_REQUESTS.labels(path, str(status)).inc()
 
 
+class BodyLimitMiddleware:
+    """413 in OpenAI's shape for a body over `max_bytes`: at once when Content-Length says so,
+    else as soon as the bytes read pass the limit (a chunked body is never read in full). The
+    body is read here, then handed on; later messages (a disconnect) come straight through."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = APIError(
+            413,
+            f"The request body is larger than the limit of {self.max_bytes} bytes.",
+            "invalid_request_error",
+            "request_too_large",
+        )
+        await _error_response(error)(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        body: deque[Message] = deque()
+        received = 0
+        while True:
+            message = await receive()
+            body.append(message)
+            if message["type"] != "http.request":
+                break  # the client went away: the app sees it
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return body.popleft() if body else await receive()
+
+        await self.app(scope, replay, send)
+
+
 def create_app(settings: GatewaySettings, pipeline: ChatPipeline, clients: MeshClients, auth: Authenticator) -> FastAPI:
     app = FastAPI(title="llmmesh", version="0.1.0", description="OpenAI-compatible chat API of the llmmesh mesh.")
 
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware)  # outermost: even a 413 carries the request id
 
     async def tenant(request: Request) -> str:
         """The caller's tenant, from its API key (401 without a valid one)."""

@@ -27,6 +27,8 @@ class GatewaySettings(ServiceSettings):
     )
     # Tenant of seeded keys that name none, and of keyless requests when keys are not required.
     default_tenant: str = "default"
+    # Largest request body accepted (413 beyond it); Envoy enforces the same limit in front.
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # The embedding model /v1/embeddings serves (the inference service's Embed RPC).
     embedding_model: str = "all-minilm-l6-v2"
     # Seconds to wait for memory and router before failing a request.

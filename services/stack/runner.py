@@ -64,6 +64,7 @@ def render_envoy_config(settings: StackSettings) -> Path:
     values = {
         "host": settings.host,
         "upstream_host": settings.host,
+        "max_body_bytes": settings.max_body_bytes,
         **{
             f"{name}_port": settings.port(name)
             for name in ("admin", "public", "gateway_http", "gateway_grpc", "inference", "memory", "router")
@@ -164,6 +165,7 @@ def processes(settings: StackSettings, redis_url: str, api_keys: str) -> dict[st
             "LLMMESH_GATEWAY_ROUTER_TARGET": f"{host}:{settings.port('router')}",
             "LLMMESH_GATEWAY_INFERENCE_TARGET": f"{host}:{settings.port('inference')}",
             "LLMMESH_GATEWAY_REDIS_URL": redis_url,
+            "LLMMESH_GATEWAY_MAX_BODY_BYTES": str(settings.max_body_bytes),
             "LLMMESH_API_KEYS": api_keys,
         },
     )

@@ -29,6 +29,8 @@ class StackSettings(BaseSettings):
     # Rendered configs, the embedded Redis data and logs.
     run_dir: Path = Path.home() / ".cache" / "llmmesh" / "run"
     ready_timeout_s: float = 900.0
+    # Largest request body accepted, at Envoy and in the gateway (413 beyond it).
+    max_body_bytes: int = 4 * 1024 * 1024
 
     def port(self, name: str) -> int:
         return int(getattr(self, f"{name}_port")) + self.port_offset

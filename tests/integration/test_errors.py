@@ -109,3 +109,17 @@ def test_unknown_route_is_an_openai_shaped_404(stack: Stack) -> None:
     response = httpx.get(f"{stack.base_url}/no-such-endpoint", headers=stack.auth)
     assert response.status_code == 404
     assert _error(response)["type"] == "invalid_request_error"
+
+
+def test_an_oversized_body_is_413_at_envoy_in_openai_shape(stack: Stack) -> None:
+    body = b'{"model": "x", "messages": [{"role": "user", "content": "' + b"a" * (10 * 1024 * 1024) + b'"}]}'
+    response = httpx.post(
+        f"{stack.base_url}/chat/completions",
+        content=body,
+        headers={**stack.auth, "Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 413
+    error = _error(response)
+    assert error["code"] == "request_too_large"
+    assert error["type"] == "invalid_request_error"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
@@ -61,3 +62,35 @@ def test_invalid_bodies_are_400_naming_the_param(client: TestClient, body: dict[
 
     assert response.status_code == 400
     assert response.json()["error"]["param"] == param
+
+
+@pytest.fixture(scope="module")
+def small_client() -> TestClient:
+    settings = GatewaySettings(require_api_key=False, max_body_bytes=2048)
+    auth = Authenticator(settings, KeyStore.from_url(settings.redis_url))
+    return TestClient(create_app(settings, cast(ChatPipeline, None), MeshClients.connect(settings), auth))
+
+
+def test_a_body_over_the_limit_is_413_in_openai_shape(small_client: TestClient) -> None:
+    response = small_client.post("/v1/chat/completions", content=b"x" * 4096, headers={"x-request-id": "big-1"})
+
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert response.headers["x-request-id"] == "big-1"
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit(small_client: TestClient) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(100):
+            yield b"y" * 1024
+
+    response = small_client.post("/v1/chat/completions", content=chunks())
+
+    assert response.status_code == 413
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_body_under_the_limit_goes_on_to_validation(small_client: TestClient) -> None:
+    response = small_client.post("/v1/chat/completions", json={"model": "m"})
+
+    assert response.status_code == 400
