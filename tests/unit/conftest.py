@@ -113,3 +113,12 @@ def embedder() -> Any:
     from services.inference.embedder import Embedder
 
     return Embedder.load()
+
+
+@pytest.fixture
+async def mesh(valkey_url: str, tmp_path: Path, smollm2_tokenizer: Any, embedder: Any) -> AsyncIterator[Any]:
+    """The whole mesh in this process, with default options (see tests/unit/mesh.py)."""
+    from tests.unit.mesh import MeshOptions, in_process_mesh
+
+    async with in_process_mesh(valkey_url, tmp_path, smollm2_tokenizer, embedder, MeshOptions()) as running:
+        yield running

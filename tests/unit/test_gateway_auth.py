@@ -4,26 +4,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from services.gateway.keys import KeyStore
-from services.inference.embedder import Embedder
-from services.inference.engine import ChatTokenizer
-from tests.unit.mesh import MODEL, OTHER_KEY, Mesh, MeshOptions, in_process_mesh
+from tests.unit.mesh import MODEL, OTHER_KEY, Mesh
 
 B = {"Authorization": f"Bearer {OTHER_KEY}"}
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-
-
-@pytest.fixture
-async def mesh(
-    valkey_url: str, tmp_path: Path, smollm2_tokenizer: ChatTokenizer, embedder: Embedder
-) -> AsyncIterator[Mesh]:
-    async with in_process_mesh(valkey_url, tmp_path, smollm2_tokenizer, embedder, MeshOptions()) as running:
-        yield running
 
 
 @pytest.mark.parametrize(
