@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmmesh.common.v1 import chat_pb2 as common_pb2
@@ -106,7 +108,14 @@ class ChatCompletionRequest(BaseModel):
             elif self.response_format.type == "json_schema":
                 if self.response_format.json_schema is None:
                     raise APIError.invalid("response_format.json_schema is required", "response_format")
-                sampling.json_schema = json.dumps(self.response_format.json_schema.schema_)
+                schema = self.response_format.json_schema.schema_
+                try:
+                    Draft202012Validator.check_schema(schema)
+                except SchemaError as exc:
+                    raise APIError.invalid(
+                        f"Invalid JSON schema: {exc.message}", "response_format.json_schema.schema"
+                    ) from None
+                sampling.json_schema = json.dumps(schema)
         return sampling
 
     def to_messages(self) -> list[common_pb2.ChatMessage]:

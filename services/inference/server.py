@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
+
 from llmmesh.inference.v1 import inference_pb2, inference_pb2_grpc
+from services.common.errors import MeshError
 from services.common.server import ServiceSpec, serve
 from services.inference.embedder import Embedder
 from services.inference.engine import Backend, EnginePool
@@ -14,6 +17,17 @@ from services.inference.servicer import InferenceServicer
 from services.inference.settings import InferenceSettings
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+
+
+def translate_error(exc: Exception) -> MeshError | None:
+    """What vLLM rejects because of the request (a schema its grammar engine cannot take, ...) is
+    the client's error, not ours."""
+    if type(exc).__module__.startswith("vllm"):
+        from vllm.exceptions import VLLMClientError
+
+        if isinstance(exc, VLLMClientError):
+            return MeshError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), "invalid_request_error")
+    return None
 
 
 async def main() -> None:
@@ -40,5 +54,7 @@ async def main() -> None:
         servicer = InferenceServicer(holder["pool"], embedders[0] if embedders else None)
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
 
-    spec = ServiceSpec(name="inference", grpc_services=[SERVICE_NAME], register=register)
+    spec = ServiceSpec(
+        name="inference", grpc_services=[SERVICE_NAME], register=register, translate_error=translate_error
+    )
     await serve(spec, settings, startup=startup, shutdown=shutdown)

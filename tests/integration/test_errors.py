@@ -123,3 +123,14 @@ def test_an_oversized_body_is_413_at_envoy_in_openai_shape(stack: Stack) -> None
     error = _error(response)
     assert error["code"] == "request_too_large"
     assert error["type"] == "invalid_request_error"
+
+
+def test_an_invalid_json_schema_is_a_400_naming_it(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=4,
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objekt"}}},
+        )
+    assert caught.value.param == "response_format.json_schema.schema"

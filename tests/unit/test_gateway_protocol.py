@@ -109,6 +109,20 @@ def test_response_format_json_schema_without_schema_is_a_400() -> None:
     assert (caught.value.status, caught.value.param) == (400, "response_format")
 
 
+@pytest.mark.parametrize(
+    "schema",
+    [{"type": "objekt"}, {"type": "object", "properties": {"a": {"type": 12}}}, {"required": "a"}],
+)
+def test_an_invalid_json_schema_is_a_400_naming_the_schema(schema: dict[str, object]) -> None:
+    body = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+
+    with pytest.raises(APIError) as caught:
+        request(response_format=body).to_sampling()
+
+    assert (caught.value.status, caught.value.param) == (400, "response_format.json_schema.schema")
+    assert caught.value.message.startswith("Invalid JSON schema")
+
+
 def test_response_format_json_object_sets_the_flag() -> None:
     sampling = request(response_format={"type": "json_object"}).to_sampling()
 
