@@ -8,12 +8,10 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-import grpc
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmmesh.inference.v1 import inference_pb2
-from services.common.errors import from_rpc_error
 from services.gateway.clients import MeshClients
 from services.gateway.errors import APIError
 from services.gateway.settings import GatewaySettings
@@ -67,12 +65,9 @@ def create_router(settings: GatewaySettings, clients: MeshClients, tenant: Calla
                 "model",
             )
         texts = body.texts()
-        try:
-            reply = await clients.inference.Embed(
-                inference_pb2.EmbedRequest(texts=texts), timeout=settings.upstream_timeout_s
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from None
+        reply = await clients.inference.Embed(
+            inference_pb2.EmbedRequest(texts=texts), timeout=settings.upstream_timeout_s
+        )
         if body.dimensions is not None and body.dimensions != reply.dimensions:
             raise APIError.invalid(
                 f"`{body.model}` has {reply.dimensions} dimensions and cannot shorten them to {body.dimensions}.",

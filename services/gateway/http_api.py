@@ -187,6 +187,11 @@ def create_app(settings: GatewaySettings, pipeline: ChatPipeline, clients: MeshC
     async def on_mesh_error(request: Request, exc: MeshError) -> JSONResponse:
         return _error_response(APIError.from_mesh(exc, settings.retry_after_s))
 
+    @app.exception_handler(grpc.aio.AioRpcError)
+    async def on_rpc_error(request: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
+        # A route that calls an internal service directly: its status is the answer.
+        return _error_response(APIError.from_rpc(exc, settings.retry_after_s))
+
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}

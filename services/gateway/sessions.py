@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmmesh.memory.v1 import memory_pb2
-from services.common.errors import MeshError, from_rpc_error
+from services.common.errors import MeshError
 from services.common.messages import to_openai
 from services.gateway.clients import MeshClients
 from services.gateway.settings import GatewaySettings
@@ -90,10 +90,7 @@ def create_router(settings: GatewaySettings, clients: MeshClients, tenant: Calla
     timeout = settings.upstream_timeout_s
 
     async def call(rpc: Callable[..., Awaitable[T]], request: Any) -> T:
-        try:
-            return await rpc(request, timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from None
+        return await rpc(request, timeout=timeout)  # a failed call is mapped by the app's handler
 
     @router.post("/v1/sessions")
     async def create_session(body: CreateSession, tenant_: str = Depends(tenant)) -> dict[str, Any]:

@@ -8,9 +8,8 @@ import asyncio
 import logging
 import math
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import grpc
 import redis.asyncio as redis
@@ -31,8 +30,6 @@ RECALL_SKIPPED = Counter(
 _POINTS = uuid.UUID("6f1d6c1e-52a8-4a53-9f3c-7f2b1e0c9a11")
 INDEXED_ROLES = ("user", "assistant")
 
-T = TypeVar("T")
-
 
 def memory_id(tenant: str, session_id: str, turn_id: str, index: int) -> str:
     return str(uuid.uuid5(_POINTS, f"{tenant}\x00{session_id}\x00{turn_id}\x00{index}"))
@@ -42,11 +39,19 @@ def not_found(what: str, ident: str) -> MeshError:
     return MeshError(grpc.StatusCode.NOT_FOUND, f"No {what} found with id '{ident}'.", f"{what}_not_found")
 
 
-def store_unavailable(exc: Exception) -> MeshError:
-    log.warning("memory store unreachable", extra={"error": type(exc).__name__})
-    return MeshError(
-        grpc.StatusCode.UNAVAILABLE, "The conversation store is unavailable; retry shortly.", "memory_unavailable"
-    )
+def dependency_unavailable(exc: Exception) -> MeshError | None:
+    """A store or model that went away is UNAVAILABLE (the client may retry), never INTERNAL:
+    the one mapping for every RPC (the service's error translator)."""
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        log.warning("memory store unreachable", extra={"error": type(exc).__name__})
+        message, reason = "The conversation store is unavailable; retry shortly.", "memory_unavailable"
+    elif isinstance(exc, VectorStoreUnavailable):
+        message, reason = "Long-term memory is unavailable; retry shortly.", "memory_unavailable"
+    elif isinstance(exc, EmbeddingUnavailableError):
+        message, reason = "The embedding model is unavailable.", "embedding_unavailable"
+    else:
+        return None
+    return MeshError(grpc.StatusCode.UNAVAILABLE, message, reason)
 
 
 def window_of(session: SessionInfo, turns: Sequence[StoredTurn], window_turns: int) -> list[StoredTurn]:
@@ -141,10 +146,10 @@ class MemoryCore:
         embedding = asyncio.ensure_future(self.embeddings.embed([query])) if query and self._recall.top_k else None
         try:
             session, turns = await self.store.context(tenant, session_id)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except BaseException:
             if embedding is not None:
                 embedding.cancel()
-            raise store_unavailable(exc) from None
+            raise
         if session is None:
             session = SessionInfo(id=session_id)
         window = window_of(session, turns, self._window_turns)
@@ -190,18 +195,9 @@ class MemoryCore:
         started_at_ms: int,
         window_start: int,
     ) -> tuple[bool, int, int]:
-        try:
-            return await self.store.append(
-                tenant,
-                session_id,
-                turn_id,
-                messages,
-                user=user,
-                started_at_ms=started_at_ms,
-                window_start=window_start,
-            )
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise store_unavailable(exc) from None
+        return await self.store.append(
+            tenant, session_id, turn_id, messages, user=user, started_at_ms=started_at_ms, window_start=window_start
+        )
 
     # --- sessions -----------------------------------------------------------------------
 
@@ -248,39 +244,23 @@ class MemoryCore:
     # --- memories -----------------------------------------------------------------------
 
     async def search(self, tenant: str, query: str, user: str, session_id: str, top_k: int) -> list[ScoredRecord]:
-        try:
-            (vector,) = await self.embeddings.embed([query])
-        except EmbeddingUnavailableError as exc:
-            raise MeshError(
-                grpc.StatusCode.UNAVAILABLE, "The embedding model is unavailable.", "embedding_unavailable"
-            ) from exc
-        found = await self._vector_call(
-            self.vectors.search(tenant, vector, limit=top_k * 2, session_id=session_id, user=user, with_vectors=True)
+        (vector,) = await self.embeddings.embed([query])
+        found = await self.vectors.search(
+            tenant, vector, limit=top_k * 2, session_id=session_id, user=user, with_vectors=True
         )
         return without_near_duplicates(found, top_k, 1.01)  # exact repeats only
 
     async def list(
         self, tenant: str, user: str, session_id: str, limit: int, after: str
     ) -> tuple[list[MemoryRecord], bool]:
-        return await self._vector_call(
-            self.vectors.list(tenant, session_id=session_id, user=user, limit=limit, after=after)
-        )
+        return await self.vectors.list(tenant, session_id=session_id, user=user, limit=limit, after=after)
 
     async def delete_memory(self, tenant: str, memory_id: str) -> bool:
-        found = await self._vector_call(self.vectors.get(tenant, [memory_id]))
+        found = await self.vectors.get(tenant, [memory_id])
         if not found:
             raise not_found("memory", memory_id)
         record = found[0]
         await self.store.mark_forgotten(tenant, [record.id])
-        await self._vector_call(self.vectors.delete(tenant, [record.id]))
+        await self.vectors.delete(tenant, [record.id])
         await self.store.forget_message(tenant, record.session_id, record.turn_id, record.text)
         return True
-
-    @staticmethod
-    async def _vector_call(call: Awaitable[T]) -> T:
-        try:
-            return await call
-        except VectorStoreUnavailable as exc:
-            raise MeshError(
-                grpc.StatusCode.UNAVAILABLE, "Long-term memory is unavailable; retry shortly.", "memory_unavailable"
-            ) from exc

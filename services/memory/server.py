@@ -6,14 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import redis.asyncio as redis
-
 from llmmesh.inference.v1 import inference_pb2_grpc
 from llmmesh.memory.v1 import memory_pb2, memory_pb2_grpc
 from services.common.channels import insecure_channel
-from services.common.errors import MeshError
 from services.common.server import ServiceSpec, serve
-from services.memory.core import MemoryCore, RecallPolicy, store_unavailable
+from services.memory.core import MemoryCore, RecallPolicy, dependency_unavailable
 from services.memory.embedding import RemoteEmbeddings
 from services.memory.indexer import Indexer
 from services.memory.servicer import MemoryServicer
@@ -22,13 +19,6 @@ from services.memory.store import SessionStore
 from services.memory.vectors import VectorStore, open_vector_store
 
 SERVICE_NAME = memory_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name
-
-
-def translate_error(exc: Exception) -> MeshError | None:
-    """Redis going away is UNAVAILABLE (the client may retry), never INTERNAL."""
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-        return store_unavailable(exc)
-    return None
 
 
 async def main() -> None:
@@ -74,6 +64,6 @@ async def main() -> None:
         name="memory",
         grpc_services=[SERVICE_NAME],
         register=lambda server: memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(core), server),
-        translate_error=translate_error,
+        translate_error=dependency_unavailable,
     )
     await serve(spec, settings, startup=startup, shutdown=shutdown)

@@ -202,10 +202,6 @@ class SessionStore:
         )
         return cls(client, ttl_s, max_turns)
 
-    @property
-    def client(self) -> redis.Redis:
-        return self._redis
-
     async def ping(self) -> bool:
         return bool(await self._redis.ping())
 
@@ -241,12 +237,16 @@ class SessionStore:
         return bool(fresh)
 
     async def _index_session(self, tenant: str, session_id: str, created_s: int) -> None:
-        key = _sessions_key(tenant)
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(key, {session_id: created_s}, nx=True)
-            pipe.expire(key, self._ttl_s, gt=True)
-            pipe.expire(key, self._ttl_s, nx=True)
+            self._add_to_index(pipe, tenant, session_id, created_s)
             await pipe.execute()
+
+    def _add_to_index(self, pipe: Any, tenant: str, session_id: str, created_s: int) -> None:
+        """Lists the session in its tenant's index; the index lives as long as its newest session."""
+        key = _sessions_key(tenant)
+        pipe.zadd(key, {session_id: created_s}, nx=True)
+        pipe.expire(key, self._ttl_s, gt=True)
+        pipe.expire(key, self._ttl_s, nx=True)
 
     async def session(self, tenant: str, session_id: str) -> SessionInfo | None:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -356,9 +356,7 @@ class SessionStore:
         }
         async with self._redis.pipeline(transaction=False) as pipe:
             if int(status) == 1 and int(seq) == 1:
-                pipe.zadd(_sessions_key(tenant), {session_id: now}, nx=True)
-                pipe.expire(_sessions_key(tenant), self._ttl_s, gt=True)
-                pipe.expire(_sessions_key(tenant), self._ttl_s, nx=True)
+                self._add_to_index(pipe, tenant, session_id, now)
             pipe.xadd(INDEX_STREAM, {k: str(v) for k, v in entry.items()})
             await pipe.execute()
         return bool(status), int(stored), int(seq)

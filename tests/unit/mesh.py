@@ -36,10 +36,9 @@ from services.inference.embedder import Embedder
 from services.inference.engine import ChatTokenizer, PromptLimits
 from services.inference.instant import InstantBackend
 from services.inference.servicer import InferenceServicer
-from services.memory.core import MemoryCore, RecallPolicy
+from services.memory.core import MemoryCore, RecallPolicy, dependency_unavailable
 from services.memory.embedding import RemoteEmbeddings
 from services.memory.indexer import Indexer
-from services.memory.server import translate_error
 from services.memory.servicer import MemoryServicer
 from services.memory.store import SessionStore
 from services.memory.vectors import VectorStore, open_vector_store
@@ -147,7 +146,7 @@ async def in_process_mesh(
                 "memory",
                 ["llmmesh.memory.v1.MemoryService"],
                 lambda s: memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(core), s),
-                translate_error=translate_error,
+                translate_error=dependency_unavailable,
             ),
             ports["memory"],
         ),

@@ -20,9 +20,9 @@ from services.common.context import REQUEST_ID_HEADER, request_id_var
 from services.common.errors import REASON_KEY, from_rpc_error
 from services.common.server import ServiceSpec, running_server
 from services.common.settings import ServiceSettings
-from services.memory.core import MemoryCore, RecallPolicy
+from services.memory.core import MemoryCore, RecallPolicy, dependency_unavailable
 from services.memory.embedding import EmbeddingUnavailableError
-from services.memory.server import SERVICE_NAME, translate_error
+from services.memory.server import SERVICE_NAME
 from services.memory.servicer import MemoryServicer
 from services.memory.store import SessionStore
 from services.memory.vectors import EdgeVectorStore
@@ -91,7 +91,9 @@ async def memory_server(valkey_url: str, tmp_path_factory: pytest.TempPathFactor
         memory_pb2_grpc.add_MemoryServiceServicer_to_server(servicer, server)
         server.add_generic_rpc_handlers((echo.generic_handler(),))
 
-    spec = ServiceSpec(name="memory", grpc_services=[SERVICE_NAME], register=register, translate_error=translate_error)
+    spec = ServiceSpec(
+        name="memory", grpc_services=[SERVICE_NAME], register=register, translate_error=dependency_unavailable
+    )
     settings = ServiceSettings(host="127.0.0.1", grpc_port=free_port(), shutdown_grace_s=0.5)
     try:
         async with running_server(spec, settings):
