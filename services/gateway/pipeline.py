@@ -61,10 +61,7 @@ class Accepted:
     agent: str
     backend_model: str
     prompt_tokens: int
-    # History turns dropped to fit the context, memories in the prompt, and whether recall
-    # had to be skipped (long-term memory unreachable).
-    dropped_turns: int = 0
-    memories_used: int = 0
+    # Recall had to be skipped (long-term memory unreachable): the answer rests on the window.
     recall_skipped: bool = False
 
 
@@ -228,12 +225,7 @@ class ChatPipeline:
                 if kind == "started":
                     dropped = reply.started.dropped_turns
                     yield Accepted(
-                        route.agent.name,
-                        route.backend_model,
-                        reply.started.prompt_tokens,
-                        dropped,
-                        reply.started.memories_used,
-                        context.recall_skipped,
+                        route.agent.name, route.backend_model, reply.started.prompt_tokens, context.recall_skipped
                     )
                 elif kind == "delta":
                     texts.setdefault(reply.delta.index, []).append(reply.delta.text)

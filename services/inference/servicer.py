@@ -38,9 +38,6 @@ _CANCEL = object()  # queue marker: the client asked to stop
 _FINISHED = object()  # queue marker: the engine stream is over
 
 
-to_message = to_openai
-
-
 def to_sampling(params: common_pb2.SamplingParams) -> Sampling:
     def opt(name: str) -> Any:
         return getattr(params, name) if params.HasField(name) else None
@@ -68,10 +65,10 @@ def to_job(start: inference_pb2.StartGeneration) -> GenerationJob:
     return GenerationJob(
         request_id=start.request_id or "anonymous",
         model=start.model,
-        messages=[to_message(m) for m in start.messages],
+        messages=[to_openai(m) for m in start.messages],
         sampling=to_sampling(start.sampling),
         tools=json.loads(start.tools_json) if start.tools_json else None,
-        history=[[to_message(m) for m in turn.messages] for turn in start.history],
+        history=[[to_openai(m) for m in turn.messages] for turn in start.history],
         memories=list(start.memories),
         completion_reserve=start.completion_reserve,
     )
@@ -228,7 +225,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def CountTokens(
         self, request: inference_pb2.CountTokensRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.CountTokensResponse:
-        count = await self._pool.count_tokens(request.model, [to_message(m) for m in request.messages])
+        count = await self._pool.count_tokens(request.model, [to_openai(m) for m in request.messages])
         return inference_pb2.CountTokensResponse(prompt_tokens=count, context_length=self._pool.context_length)
 
     async def GetLoad(

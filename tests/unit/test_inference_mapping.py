@@ -9,6 +9,7 @@ import pytest
 
 from llmmesh.common.v1 import chat_pb2
 from llmmesh.inference.v1 import inference_pb2
+from services.common.messages import to_openai as to_message
 from services.inference.engine import (
     ChoiceEnd,
     Delta,
@@ -20,7 +21,7 @@ from services.inference.engine import (
     detect_devices,
     parse_schema,
 )
-from services.inference.servicer import to_job, to_message, to_response, to_sampling
+from services.inference.servicer import to_job, to_response, to_sampling
 
 # ---------------------------------------------------------------- to_sampling
 
