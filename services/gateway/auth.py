@@ -5,12 +5,13 @@ from the request body."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import grpc
 import redis.asyncio as redis
 
 from services.common.errors import MeshError
-from services.gateway.keys import KeyStore, parse_seed
+from services.gateway.keys import KeyInfo, KeyStore, parse_seed
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,15 @@ def bearer_token(authorization: str | None) -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who a request comes from: its tenant, and the key it used (None: a keyless request,
+    allowed only when keys are not required)."""
+
+    tenant: str
+    key: KeyInfo | None = None
+
+
 class Authenticator:
     def __init__(self, settings: GatewaySettings, keys: KeyStore) -> None:
         self._settings = settings
@@ -49,13 +59,16 @@ class Authenticator:
         return len(entries)
 
     async def tenant(self, authorization: str | None) -> str:
-        """The caller's tenant. Without required keys, a request with no key is the default
-        tenant's; a key that is given is always checked."""
+        return (await self.caller(authorization)).tenant
+
+    async def caller(self, authorization: str | None) -> Caller:
+        """The caller. Without required keys, a request with no key is the default tenant's;
+        a key that is given is always checked."""
         token = bearer_token(authorization)
         if not token:
             if self._settings.require_api_key:
                 raise _unauthenticated(_MISSING)
-            return self._settings.default_tenant
+            return Caller(self._settings.default_tenant)
         try:
             info = await self._keys.lookup(token)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -65,4 +78,4 @@ class Authenticator:
             ) from None
         if info is None:
             raise _unauthenticated(_WRONG)
-        return info.tenant
+        return Caller(info.tenant, info)

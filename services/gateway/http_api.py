@@ -2,47 +2,32 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-import time
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
-import orjson
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.context import REQUEST_ID_HEADER, new_request_id, request_id_var
 from services.common.errors import MeshError
-from services.gateway import embeddings
-from services.gateway.auth import Authenticator
+from services.gateway import chat, embeddings, models, sessions
+from services.gateway.auth import Authenticator, Caller
 from services.gateway.clients import MeshClients
 from services.gateway.errors import APIError
-from services.gateway.pipeline import Accepted, ChatPipeline, ChatTurn, ChoiceDone, Delta, Done
-from services.gateway.protocol import ChatCompletionRequest
-from services.gateway.sessions import create_router
+from services.gateway.pipeline import ChatPipeline
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
-SESSION_HEADER = "X-Session-Id"
-RECALL_HEADER = "X-Llmmesh-Recall"
 
 HTTP_REQUESTS = Counter(
     "llmmesh_gateway_http_requests_total", "REST requests by route and status.", ["route", "status"]
 )
-TOKENS = Counter("llmmesh_gateway_tokens_total", "Tokens served, by kind.", ["kind"])
-
-
-def _sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 def _error_response(error: APIError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -157,11 +142,16 @@ def create_app(settings: GatewaySettings, pipeline: ChatPipeline, clients: MeshC
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)  # outermost: even a 413 carries the request id
 
-    async def tenant(request: Request) -> str:
-        """The caller's tenant, from its API key (401 without a valid one)."""
-        return await auth.tenant(request.headers.get("authorization"))
+    async def caller(request: Request) -> Caller:
+        """Who calls, from the API key (401 without a valid one)."""
+        return await auth.caller(request.headers.get("authorization"))
 
-    app.include_router(create_router(settings, clients, tenant))
+    async def tenant(caller_: Caller = Depends(caller)) -> str:
+        return caller_.tenant
+
+    app.include_router(chat.create_router(pipeline, caller))
+    app.include_router(models.create_router(settings, pipeline, tenant))
+    app.include_router(sessions.create_router(settings, clients, tenant))
     app.include_router(embeddings.create_router(settings, clients, tenant))
 
     @app.exception_handler(RequestValidationError)
@@ -200,174 +190,4 @@ def create_app(settings: GatewaySettings, pipeline: ChatPipeline, clients: MeshC
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    async def model_objects() -> list[dict[str, Any]]:
-        """The chat models the router serves, and the embedding model."""
-        models = [
-            {"id": m.id, "object": "model", "created": 0, "owned_by": m.owned_by} for m in await pipeline.list_models()
-        ]
-        models.append({"id": settings.embedding_model, "object": "model", "created": 0, "owned_by": "llmmesh"})
-        return models
-
-    @app.get("/v1/models", dependencies=[Depends(tenant)])
-    async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": await model_objects()}
-
-    @app.get("/v1/models/{model_id:path}", dependencies=[Depends(tenant)])
-    async def get_model(model_id: str) -> dict[str, Any]:
-        for model in await model_objects():
-            if model["id"] == model_id:
-                return model
-        raise APIError(
-            404, f"The model `{model_id}` does not exist.", "invalid_request_error", "model_not_found", "model"
-        )
-
-    @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(
-        body: ChatCompletionRequest,
-        request: Request,
-        x_session_id: str | None = Header(default=None, alias=SESSION_HEADER),
-        tenant_: str = Depends(tenant),
-    ) -> Response:
-        session_id = body.session_id or x_session_id or ""
-        turn = ChatTurn(
-            request_id=request_id_var.get(),
-            tenant=tenant_,
-            model=body.model,
-            messages=body.to_messages(),
-            sampling=body.to_sampling(),
-            session_id=session_id,
-            tools_json=json.dumps(body.tools) if body.tools else "",
-            user=body.user or "",
-        )
-        headers = {SESSION_HEADER: session_id} if session_id else {}
-        completion = _Completion(turn, body)
-        events = pipeline.run(turn)
-        # The decision (Accepted) comes first: a bad request fails here, before any 200.
-        first = await _unless_disconnected(request, _first_event(events))
-        if first.recall_skipped:
-            headers[RECALL_HEADER] = "skipped"
-        if body.stream:
-            return StreamingResponse(
-                completion.sse(first, events),
-                media_type="text/event-stream",
-                headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        result = await _unless_disconnected(request, completion.collect(events))
-        return JSONResponse(result, headers=headers)
-
     return app
-
-
-async def _first_event(events: AsyncIterator[Any]) -> Accepted:
-    """The Accepted event: once it is here, the request is good and the stream may start."""
-    first = await anext(events)
-    if not isinstance(first, Accepted):
-        raise MeshError(*_NO_RESULT)
-    return first
-
-
-async def _unless_disconnected(request: Request, work: Any) -> Any:
-    """Runs `work`, cancelling it (and so the engine request) if the client goes away."""
-    task = asyncio.ensure_future(work)
-
-    async def watch() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                task.cancel()
-                return
-
-    watcher = asyncio.create_task(watch())
-    try:
-        return await task
-    finally:
-        watcher.cancel()
-
-
-class _Completion:
-    """Builds chat.completion objects and chat.completion.chunk events for one turn."""
-
-    def __init__(self, turn: ChatTurn, body: ChatCompletionRequest) -> None:
-        self.turn = turn
-        self.body = body
-        self.id = f"chatcmpl-{turn.request_id}"
-        self.created = int(time.time())
-
-    def _envelope(self, obj: str) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.id, "object": obj, "created": self.created, "model": self.body.model}
-        if self.turn.session_id:
-            out["session_id"] = self.turn.session_id
-        return out
-
-    @staticmethod
-    def _usage(done: Done) -> dict[str, int]:
-        TOKENS.labels("prompt").inc(done.prompt_tokens)
-        TOKENS.labels("completion").inc(done.completion_tokens)
-        return {
-            "prompt_tokens": done.prompt_tokens,
-            "completion_tokens": done.completion_tokens,
-            "total_tokens": done.prompt_tokens + done.completion_tokens,
-        }
-
-    async def collect(self, events: AsyncIterator[Any]) -> dict[str, Any]:
-        texts: dict[int, list[str]] = {i: [] for i in range(self.body.n)}
-        async for event in events:
-            if isinstance(event, Delta):
-                texts[event.index].append(event.text)
-            elif isinstance(event, Done):
-                out = self._envelope("chat.completion")
-                out["choices"] = [
-                    {
-                        "index": i,
-                        "message": {"role": "assistant", "content": "".join(parts)},
-                        "logprobs": None,
-                        "finish_reason": event.finish_reasons.get(i, "stop"),
-                    }
-                    for i, parts in sorted(texts.items())
-                ]
-                out["usage"] = self._usage(event)
-                return out
-        raise MeshError(*_NO_RESULT)
-
-    def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
-        out = self._envelope("chat.completion.chunk")
-        out["choices"] = choices
-        if usage is not None:
-            out["usage"] = usage
-        return _sse(out)
-
-    async def sse(self, first: Any, events: AsyncIterator[Any]) -> AsyncIterator[bytes]:
-        include_usage = bool(self.body.stream_options and self.body.stream_options.include_usage)
-        greeted = False
-        try:
-            event = first
-            while True:
-                if not greeted and not isinstance(event, Accepted):
-                    # The role chunks go out with the first output, as OpenAI and vLLM send them:
-                    # clients time the first token from the first chunk with choices.
-                    greeted = True
-                    for i in range(self.body.n):
-                        yield self._chunk(
-                            [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
-                        )
-                if isinstance(event, Delta):
-                    yield self._chunk([{"index": event.index, "delta": {"content": event.text}, "finish_reason": None}])
-                elif isinstance(event, ChoiceDone):
-                    yield self._chunk([{"index": event.index, "delta": {}, "finish_reason": event.finish_reason}])
-                elif isinstance(event, Done):
-                    usage = self._usage(event)
-                    if include_usage:
-                        yield self._chunk([], usage)
-                    break
-                elif not isinstance(event, Accepted):
-                    raise TypeError(f"unexpected event {event!r}")
-                event = await anext(events)
-        except MeshError as exc:
-            # Headers are gone already: the error travels in the stream, as OpenAI does it.
-            yield _sse(APIError.from_mesh(exc, 0).body())
-        except StopAsyncIteration:
-            yield _sse(APIError.from_mesh(MeshError(*_NO_RESULT)).body())
-        yield b"data: [DONE]\n\n"
-
-
-_NO_RESULT = (grpc.StatusCode.INTERNAL, "the generation ended without a result")
