@@ -1,5 +1,5 @@
 """Server interceptor: request id from metadata into the log context, metrics per call,
-and domain errors (MeshError, ValueError) turned into gRPC statuses in one place."""
+and exceptions turned into rich gRPC statuses in one place (see services.common.errors)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from services.common.context import REQUEST_ID_HEADER, new_request_id, request_id_var
-from services.common.errors import REASON_KEY, MeshError
+from services.common.errors import INTERNAL_MESSAGE, MeshError, to_status
 from services.common.metrics import RPC_HANDLED, RPC_LATENCY
 
 log = logging.getLogger(__name__)
@@ -101,21 +101,19 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
 
 async def _abort_for(translated: MeshError | None, exc: Exception, context: grpc.aio.ServicerContext) -> None:
-    """Turns a domain exception into the call's status; re-raises what is already a status."""
+    """Turns a domain exception into the call's status; re-raises what is already a status.
+    Whatever is not a MeshError is a bug: logged with its traceback, and the caller learns
+    nothing of our internals."""
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
     if translated is not None:
         error = translated
     elif isinstance(exc, MeshError):
         error = exc
-    elif isinstance(exc, ValueError):
-        error = MeshError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), "invalid_request_error")
     else:
         log.exception("unhandled error in RPC")
-        error = MeshError(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
-    if error.reason:
-        context.set_trailing_metadata(((REASON_KEY, error.reason),))
-    await context.abort(error.code, error.message)
+        error = MeshError(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+    await context.abort_with_status(to_status(error))
 
 
 class ClientRequestIdInterceptor(

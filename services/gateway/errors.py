@@ -55,7 +55,8 @@ class APIError(Exception):
         reason = error.reason or None
         if reason == "invalid_request_error":  # a type, not a code
             reason = None
-        param = {"context_length_exceeded": "messages", "model_not_found": "model"}.get(reason or "")
+        # The service that refused the request names the parameter; else a guess from the reason.
+        param = error.param or {"context_length_exceeded": "messages", "model_not_found": "model"}.get(reason or "")
         headers = {"Retry-After": str(retry_after_s)} if status == 503 and retry_after_s > 0 else None
         return cls(status, error.message, type_, reason, param, headers)
 

@@ -9,7 +9,7 @@ import grpc
 from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
 from llmmesh.common.v1 import chat_pb2 as common_pb2
 from services.common.context import current_request_id
-from services.common.errors import MeshError
+from services.common.errors import InvalidArgumentError
 from services.gateway.auth import Authenticator
 from services.gateway.pipeline import Accepted, ChatPipeline, ChatTurn, Delta, Done
 from services.gateway.settings import GatewaySettings
@@ -33,7 +33,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     ) -> AsyncIterator[chat_pb2.StreamChatResponse]:
         tenant = await self._auth.tenant(_authorization(context))
         if not request.messages:
-            raise MeshError(grpc.StatusCode.INVALID_ARGUMENT, "messages must not be empty", "invalid_request_error")
+            raise InvalidArgumentError("messages must not be empty", "messages")
         turn = ChatTurn(
             request_id=current_request_id(),
             tenant=tenant,

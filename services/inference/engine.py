@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 
 import grpc
 
-from services.common.errors import MeshError
+from services.common.errors import InvalidArgumentError, MeshError
 from services.inference.context import FittedPrompt, fit_prompt
 from services.inference.settings import InferenceSettings
 
@@ -151,7 +151,9 @@ class ChatTokenizer:
                 messages, tools=tool_schemas, add_generation_prompt=True, tokenize=True, return_dict=False
             )
         except Exception as exc:  # a template that rejects the chat is the client's error
-            raise ValueError(f"the chat could not be rendered with the model's template: {exc}") from exc
+            raise InvalidArgumentError(
+                f"the chat could not be rendered with the model's template: {exc}", "messages"
+            ) from exc
         if isinstance(rendered, Mapping):  # a BatchEncoding, whatever return_dict said
             rendered = rendered["input_ids"]
         return [int(i) for i in rendered]
@@ -421,7 +423,9 @@ def parse_schema(text: str) -> dict[str, Any] | None:
     try:
         schema = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"json_schema is not valid JSON: {exc}") from exc
+        raise InvalidArgumentError(
+            f"json_schema is not valid JSON: {exc}", "response_format.json_schema.schema"
+        ) from exc
     if not isinstance(schema, dict):
-        raise ValueError("json_schema must be a JSON object")
+        raise InvalidArgumentError("json_schema must be a JSON object", "response_format.json_schema.schema")
     return schema

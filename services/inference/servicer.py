@@ -18,7 +18,7 @@ import grpc
 
 from llmmesh.common.v1 import chat_pb2 as common_pb2
 from llmmesh.inference.v1 import inference_pb2, inference_pb2_grpc
-from services.common.errors import MeshError
+from services.common.errors import InvalidArgumentError, MeshError
 from services.common.messages import to_openai
 from services.inference.embedder import Embedder
 from services.inference.engine import (
@@ -59,9 +59,9 @@ def to_sampling(params: common_pb2.SamplingParams) -> Sampling:
 
 def to_job(start: inference_pb2.StartGeneration) -> GenerationJob:
     if not start.messages:
-        raise ValueError("messages must not be empty")
+        raise InvalidArgumentError("messages must not be empty", "messages")
     if start.completion_reserve < 0:
-        raise ValueError("completion_reserve must not be negative")
+        raise InvalidArgumentError("completion_reserve must not be negative")
     return GenerationJob(
         request_id=start.request_id or "anonymous",
         model=start.model,

@@ -6,7 +6,7 @@ import grpc
 
 from llmmesh.common.v1 import chat_pb2
 from llmmesh.memory.v1 import memory_pb2, memory_pb2_grpc
-from services.common.errors import MeshError
+from services.common.errors import InvalidArgumentError, MeshError
 from services.memory.core import MemoryCore
 from services.memory.store import SessionDeletedError, SessionInfo, StoredMessage, StoredTurn
 from services.memory.vectors import MemoryRecord, ScoredRecord
@@ -14,20 +14,16 @@ from services.memory.vectors import MemoryRecord, ScoredRecord
 MAX_ID = 256
 
 
-def _invalid(message: str) -> MeshError:
-    return MeshError(grpc.StatusCode.INVALID_ARGUMENT, message, "invalid_request_error")
-
-
 def _require(tenant: str, session_id: str = "-") -> None:
     if not tenant or not session_id:
-        raise _invalid("tenant and session_id are required")
+        raise InvalidArgumentError("tenant and session_id are required")
     if len(session_id) > MAX_ID:
-        raise _invalid(f"session_id is longer than {MAX_ID} characters")
+        raise InvalidArgumentError(f"session_id is longer than {MAX_ID} characters", "session_id")
 
 
 def _page(limit: int, default: int, most: int) -> int:
     if limit < 0 or limit > most:
-        raise _invalid(f"limit must be between 1 and {most}")
+        raise InvalidArgumentError(f"limit must be between 1 and {most}", "limit")
     return limit or default
 
 
@@ -105,7 +101,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.AppendResponse:
         _require(request.tenant, request.session_id)
         if not request.turn_id:
-            raise _invalid("turn_id is required")
+            raise InvalidArgumentError("turn_id is required")
         try:
             appended, stored, seq = await self._core.append(
                 request.tenant,
@@ -129,7 +125,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.CreateSessionResponse:
         _require(request.tenant)
         if len(request.session_id) > MAX_ID:
-            raise _invalid(f"session_id is longer than {MAX_ID} characters")
+            raise InvalidArgumentError(f"session_id is longer than {MAX_ID} characters", "session_id")
         session = await self._core.create_session(
             request.tenant, request.session_id, request.system_prompt, dict(request.metadata), request.user
         )
@@ -179,9 +175,9 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.SearchMemoriesResponse:
         _require(request.tenant)
         if not request.query.strip():
-            raise _invalid("query must not be empty")
+            raise InvalidArgumentError("query must not be empty", "query")
         if request.top_k < 0 or request.top_k > 50:
-            raise _invalid("top_k must be between 1 and 50")
+            raise InvalidArgumentError("top_k must be between 1 and 50", "top_k")
         found = await self._core.search(
             request.tenant, request.query, request.user, request.session_id, request.top_k or 5
         )
@@ -192,7 +188,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.ListMemoriesResponse:
         _require(request.tenant)
         if not request.user and not request.session_id:
-            raise _invalid("user or session_id is required")
+            raise InvalidArgumentError("user or session_id is required")
         records, more = await self._core.list(
             request.tenant, request.user, request.session_id, _page(request.limit, 20, 100), request.after
         )
@@ -203,7 +199,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.DeleteMemoryResponse:
         _require(request.tenant)
         if not request.memory_id:
-            raise _invalid("memory_id is required")
+            raise InvalidArgumentError("memory_id is required")
         return memory_pb2.DeleteMemoryResponse(
             deleted=await self._core.delete_memory(request.tenant, request.memory_id)
         )

@@ -39,6 +39,8 @@ import qdrant_edge as qe
 from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from services.common.errors import InvalidArgumentError
+
 if TYPE_CHECKING:
     from qdrant_edge import ConditionType as EdgeCondition
 
@@ -362,7 +364,7 @@ class _QdrantStore(ABC, Generic[C, F]):
         if after:
             cursor = next(iter(await self.get(tenant, [after])), None)
             if cursor is None or session_id not in ("", cursor.session_id) or user not in ("", cursor.user):
-                raise ValueError(f"no memory {after!r} in this listing to continue after")
+                raise InvalidArgumentError(f"no memory {after!r} in this listing to continue after", "after")
             page = [r for r in await self._same_second(scope, cursor.created_at) if _order(r) > _order(cursor)]
             later = [*scope, self._range("created_at", gt=cursor.created_at)]
         wanted = limit + 1 - len(page)

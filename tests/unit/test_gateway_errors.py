@@ -1,4 +1,4 @@
-"""APIError: the one mapping from mesh errors (gRPC status + reason) to OpenAI's error shape."""
+"""APIError: the one mapping from mesh errors (gRPC status, reason, param) to OpenAI's error shape."""
 
 from __future__ import annotations
 
@@ -28,6 +28,14 @@ def test_context_length_exceeded_is_400_on_messages() -> None:
         "context_length_exceeded",
         "messages",
     )
+
+
+def test_the_param_named_by_the_service_wins_over_the_guess() -> None:
+    error = APIError.from_mesh(
+        MeshError(grpc.StatusCode.INVALID_ARGUMENT, "too long", "context_length_exceeded", param="tools")
+    )
+
+    assert (error.status, error.code, error.param) == (400, "context_length_exceeded", "tools")
 
 
 def test_invalid_request_error_reason_is_a_type_not_a_code() -> None:

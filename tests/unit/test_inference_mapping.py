@@ -9,6 +9,7 @@ import pytest
 
 from llmmesh.common.v1 import chat_pb2
 from llmmesh.inference.v1 import inference_pb2
+from services.common.errors import InvalidArgumentError
 from services.common.messages import to_openai as to_message
 from services.inference.engine import (
     ChoiceEnd,
@@ -81,9 +82,10 @@ def test_to_sampling_json_object() -> None:
 
 
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", '"a string"'])
-def test_to_sampling_invalid_json_schema_raises_value_error(text: str) -> None:
-    with pytest.raises(ValueError, match="json_schema"):
+def test_to_sampling_invalid_json_schema_is_the_clients_fault(text: str) -> None:
+    with pytest.raises(InvalidArgumentError, match="json_schema") as caught:
         to_sampling(chat_pb2.SamplingParams(json_schema=text))
+    assert caught.value.param == "response_format.json_schema.schema"
 
 
 # ---------------------------------------------------------------- to_message / to_job
@@ -134,19 +136,20 @@ def test_to_job_without_request_id_or_tools() -> None:
     assert job.tools is None
 
 
-def test_to_job_with_empty_messages_raises_value_error() -> None:
-    with pytest.raises(ValueError, match="messages must not be empty"):
+def test_to_job_with_empty_messages_is_the_clients_fault() -> None:
+    with pytest.raises(InvalidArgumentError, match="messages") as caught:
         to_job(inference_pb2.StartGeneration(request_id="r", model="m"))
+    assert caught.value.param == "messages"
 
 
-def test_to_job_propagates_an_invalid_schema_as_value_error() -> None:
+def test_to_job_propagates_an_invalid_schema() -> None:
     start = inference_pb2.StartGeneration(
         model="m",
         messages=[chat_pb2.ChatMessage(role="user", content="u")],
         sampling=chat_pb2.SamplingParams(json_schema="nope"),
     )
 
-    with pytest.raises(ValueError, match="not valid JSON"):
+    with pytest.raises(InvalidArgumentError, match="not valid JSON"):
         to_job(start)
 
 
@@ -221,5 +224,5 @@ def test_parse_schema() -> None:
     ("text", "message"), [("{", "not valid JSON"), ("[]", "must be a JSON object"), ("1", "must be a JSON object")]
 )
 def test_parse_schema_rejects(text: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InvalidArgumentError, match=message):
         parse_schema(text)

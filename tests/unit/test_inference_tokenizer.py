@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from services.common.errors import InvalidArgumentError
 from services.inference.engine import ChatTokenizer
 
 GENERATION_PROMPT = "ASSISTANT_TURN"
@@ -67,10 +68,12 @@ def test_encode_chat_renders_tools(chat_tokenizer: ChatTokenizer) -> None:
     assert encoded == ids("<s>", "system", "hi", "</s>", "TOOLS", GENERATION_PROMPT)
 
 
-def test_encode_chat_template_failure_is_a_value_error(tokenizer_dir: Path, tmp_path: Path) -> None:
+def test_encode_chat_template_failure_is_the_clients_fault(tokenizer_dir: Path, tmp_path: Path) -> None:
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (tmp_path / name).write_bytes((tokenizer_dir / name).read_bytes())
     (tmp_path / "chat_template.jinja").write_text("{{ raise_exception('roles must alternate') }}")
 
-    with pytest.raises(ValueError, match="could not be rendered with the model's template: roles must alternate"):
+    message = "could not be rendered with the model's template: roles must alternate"
+    with pytest.raises(InvalidArgumentError, match=message) as caught:
         ChatTokenizer(tmp_path).encode_chat([{"role": "user", "content": "hi"}])
+    assert caught.value.param == "messages"

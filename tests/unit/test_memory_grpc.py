@@ -17,7 +17,7 @@ from llmmesh.common.v1 import chat_pb2
 from llmmesh.memory.v1 import memory_pb2, memory_pb2_grpc
 from services.common.channels import insecure_channel
 from services.common.context import REQUEST_ID_HEADER, request_id_var
-from services.common.errors import REASON_KEY, from_rpc_error
+from services.common.errors import from_rpc_error
 from services.common.server import ServiceSpec, running_server
 from services.common.settings import ServiceSettings
 from services.memory.core import MemoryCore, RecallPolicy, dependency_unavailable
@@ -41,20 +41,12 @@ class EchoRequestIdServicerForTest:
         for _ in range(2):
             yield request_id_var.get().encode()
 
-    async def RaiseValueError(self, request: bytes, context: Any) -> bytes:
-        raise ValueError("bad value from the test double")
-
-    async def RaiseRuntimeError(self, request: bytes, context: Any) -> bytes:
-        raise RuntimeError("boom from the test double")
-
     def generic_handler(self) -> Any:
         return grpc.method_handlers_generic_handler(
             TEST_SERVICE,
             {
                 "Echo": grpc.unary_unary_rpc_method_handler(self.Echo),
                 "EchoStream": grpc.unary_stream_rpc_method_handler(self.EchoStream),
-                "RaiseValueError": grpc.unary_unary_rpc_method_handler(self.RaiseValueError),
-                "RaiseRuntimeError": grpc.unary_unary_rpc_method_handler(self.RaiseRuntimeError),
             },
         )
 
@@ -106,14 +98,6 @@ async def memory_server(valkey_url: str, tmp_path_factory: pytest.TempPathFactor
     finally:
         await vectors.close()
         await store.close()
-
-
-def reason_of(exc: Any) -> str | None:
-    """The llmmesh-error-reason trailing metadata value of a failed call, None when absent."""
-    for key, value in exc.trailing_metadata() or ():
-        if key == REASON_KEY:
-            return str(value)
-    return None
 
 
 def session() -> str:
@@ -207,7 +191,7 @@ CALLS: dict[str, Call] = {
 
 @pytest.mark.parametrize("rpc", sorted(CALLS))
 @pytest.mark.parametrize(("tenant_name", "sid"), [("", "s1"), ("t", ""), ("", "")])
-async def test_missing_tenant_or_session_is_invalid_argument_with_reason(
+async def test_missing_tenant_or_session_is_invalid_argument(
     memory_server: MemoryServer, rpc: str, tenant_name: str, sid: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -215,10 +199,9 @@ async def test_missing_tenant_or_session_is_invalid_argument_with_reason(
 
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details() == "tenant and session_id are required"
-    assert reason_of(caught.value) == "invalid_request_error"
 
 
-async def test_missing_turn_id_is_invalid_argument_with_reason(memory_server: MemoryServer) -> None:
+async def test_missing_turn_id_is_invalid_argument(memory_server: MemoryServer) -> None:
     request = memory_pb2.AppendRequest(
         tenant="t", session_id=session(), messages=[chat_pb2.ChatMessage(role="user", content="hi")]
     )
@@ -229,7 +212,23 @@ async def test_missing_turn_id_is_invalid_argument_with_reason(memory_server: Me
     error = from_rpc_error(caught.value)
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
     assert error.message == "turn_id is required"
-    assert error.reason == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("request_", "param"),
+    [
+        (memory_pb2.ListMemoriesRequest(tenant="t", session_id="s", after="no-such-memory"), "after"),
+        (memory_pb2.ListMemoriesRequest(tenant="t", session_id="s", limit=101), "limit"),
+    ],
+)
+async def test_a_bad_listing_names_its_param(
+    memory_server: MemoryServer, request_: memory_pb2.ListMemoriesRequest, param: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await memory_server.memory.ListMemories(request_)
+
+    error = from_rpc_error(caught.value)
+    assert (error.code, error.param) == (grpc.StatusCode.INVALID_ARGUMENT, param)
 
 
 # ---------------------------------------------------------------- interceptor
@@ -272,22 +271,3 @@ async def test_client_channel_propagates_the_current_request_id(memory_server: M
         await channel.close()
 
     assert reply == b"req-propagated-42"
-
-
-async def test_value_error_becomes_invalid_argument_with_reason(memory_server: MemoryServer) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await memory_server.raw_method("RaiseValueError")(b"")
-
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert caught.value.details() == "bad value from the test double"
-    assert reason_of(caught.value) == "invalid_request_error"
-
-
-async def test_unexpected_error_becomes_internal_without_reason(memory_server: MemoryServer) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await memory_server.raw_method("RaiseRuntimeError")(b"")
-
-    assert caught.value.code() == grpc.StatusCode.INTERNAL
-    assert caught.value.details() == "internal error: RuntimeError"
-    assert reason_of(caught.value) is None
-    assert from_rpc_error(caught.value).reason == ""

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from qdrant_client import AsyncQdrantClient
 
+from services.common.errors import InvalidArgumentError
 from services.memory.vectors import (
     EdgeVectorStore,
     MemoryRecord,
@@ -263,11 +264,11 @@ async def test_list_refuses_an_unknown_cursor_and_an_unscoped_listing(store: Vec
     elsewhere = rec("acme", "s2", 1)
     await put(store, [(first, near(0.5, seed=1)), (elsewhere, near(0.5, seed=2))])
 
-    with pytest.raises(ValueError, match="continue after"):
+    with pytest.raises(InvalidArgumentError, match="continue after"):
         await store.list("acme", session_id="s1", after=str(uuid.uuid4()))
-    with pytest.raises(ValueError, match="continue after"):
+    with pytest.raises(InvalidArgumentError, match="continue after"):
         await store.list("acme", session_id="s1", after=elsewhere.id)  # not in this listing
-    with pytest.raises(ValueError, match="continue after"):
+    with pytest.raises(InvalidArgumentError, match="continue after"):
         await store.list("globex", session_id="s1", after=first.id)  # another tenant's
     with pytest.raises(ValueError, match="session_id or a user"):
         await store.list("acme")
