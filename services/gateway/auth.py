@@ -43,6 +43,11 @@ class Caller:
     tenant: str
     key: KeyInfo | None = None
 
+    @property
+    def key_id(self) -> str:
+        """The key's id; "" for a keyless request."""
+        return self.key.id if self.key is not None else ""
+
 
 class Authenticator:
     def __init__(self, settings: GatewaySettings, keys: KeyStore) -> None:

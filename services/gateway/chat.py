@@ -18,6 +18,7 @@ from services.common.context import request_id_var
 from services.common.errors import MeshError
 from services.gateway.auth import Caller
 from services.gateway.errors import APIError
+from services.gateway.limits import Limiter
 from services.gateway.pipeline import Accepted, ChatPipeline, ChatTurn, ChoiceDone, Delta, Done
 from services.gateway.protocol import ChatCompletionRequest
 
@@ -31,7 +32,7 @@ def sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
-def create_router(pipeline: ChatPipeline, caller: Callable[..., Awaitable[Caller]]) -> APIRouter:
+def create_router(pipeline: ChatPipeline, caller: Callable[..., Awaitable[Caller]], limiter: Limiter) -> APIRouter:
     router = APIRouter()
 
     @router.post("/v1/chat/completions", response_model=None)
@@ -54,7 +55,9 @@ def create_router(pipeline: ChatPipeline, caller: Callable[..., Awaitable[Caller
         )
         headers = {SESSION_HEADER: session_id} if session_id else {}
         completion = _Completion(turn, body)
-        events = pipeline.run(turn)
+        # Per-key limits (limits.py): a refusal before Accepted is an error response, after it
+        # an error event; usage is recorded when the turn ends.
+        events = limiter.limit(caller_, turn, pipeline.run(turn))
         # The decision (Accepted) comes first: a bad request fails here, before any 200.
         first = await _unless_disconnected(request, _first_event(events))
         if first.recall_skipped:

@@ -12,9 +12,11 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmmesh.inference.v1 import inference_pb2
+from services.gateway.auth import Caller
 from services.gateway.clients import MeshClients
 from services.gateway.errors import APIError
 from services.gateway.settings import GatewaySettings
+from services.gateway.usage import UsageStore
 
 MAX_INPUTS = 2048
 
@@ -50,11 +52,13 @@ def _encode(vector: list[float], encoding_format: str) -> list[float] | str:
     return vector
 
 
-def create_router(settings: GatewaySettings, clients: MeshClients, tenant: Callable[..., Awaitable[str]]) -> APIRouter:
+def create_router(
+    settings: GatewaySettings, clients: MeshClients, caller: Callable[..., Awaitable[Caller]], usage: UsageStore
+) -> APIRouter:
     router = APIRouter(tags=["embeddings"])
 
-    @router.post("/v1/embeddings", dependencies=[Depends(tenant)])
-    async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:
+    @router.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest, caller_: Caller = Depends(caller)) -> dict[str, Any]:
         if body.model != settings.embedding_model:
             raise APIError(
                 404,
@@ -73,6 +77,7 @@ def create_router(settings: GatewaySettings, clients: MeshClients, tenant: Calla
                 f"`{body.model}` has {reply.dimensions} dimensions and cannot shorten them to {body.dimensions}.",
                 "dimensions",
             )
+        await usage.record(caller_, body.model, reply.prompt_tokens, 0)
         return {
             "object": "list",
             "data": [

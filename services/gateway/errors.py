@@ -24,6 +24,15 @@ _HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
 }
 
 
+class RateLimitError(MeshError):
+    """A per-key limit is reached (429). `retry_after_s`: when the window has room again (the
+    Retry-After header); None when waiting cannot help (a request larger than the limit)."""
+
+    def __init__(self, message: str, retry_after_s: int | None, reason: str = "rate_limit_exceeded") -> None:
+        super().__init__(grpc.StatusCode.RESOURCE_EXHAUSTED, message, reason)
+        self.retry_after_s = retry_after_s
+
+
 class APIError(Exception):
     """An error answered to the client in OpenAI's shape."""
 
@@ -50,14 +59,17 @@ class APIError(Exception):
 
     @classmethod
     def from_mesh(cls, error: MeshError, retry_after_s: int = 0) -> APIError:
-        """`retry_after_s` > 0: a 503 (a dependency is down) tells the client when to retry."""
+        """`retry_after_s` > 0: a 503 (a dependency is down) tells the client when to retry; a
+        rate limit brings its own."""
         status, type_ = _HTTP.get(error.code, (500, "server_error"))
         reason = error.reason or None
         if reason == "invalid_request_error":  # a type, not a code
             reason = None
         # The service that refused the request names the parameter; else a guess from the reason.
         param = error.param or {"context_length_exceeded": "messages", "model_not_found": "model"}.get(reason or "")
-        headers = {"Retry-After": str(retry_after_s)} if status == 503 and retry_after_s > 0 else None
+        if isinstance(error, RateLimitError):
+            retry_after_s = error.retry_after_s or 0
+        headers = {"Retry-After": str(retry_after_s)} if status in (429, 503) and retry_after_s > 0 else None
         return cls(status, error.message, type_, reason, param, headers)
 
     @classmethod

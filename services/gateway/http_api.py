@@ -15,10 +15,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.context import REQUEST_ID_HEADER, new_request_id, request_id_var
 from services.common.errors import MeshError
-from services.gateway import chat, embeddings, models, sessions
+from services.gateway import chat, embeddings, models, sessions, usage
 from services.gateway.auth import Authenticator, Caller
 from services.gateway.clients import MeshClients
 from services.gateway.errors import APIError
+from services.gateway.limits import Limiter
 from services.gateway.pipeline import ChatPipeline
 from services.gateway.settings import GatewaySettings
 
@@ -38,7 +39,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first = exc.errors()[0] if exc.errors() else {}
     if first.get("type") == "json_invalid":
         return "We could not parse the JSON body of your request: it is not valid JSON.", None
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query")]
     param = ".".join(loc) or None
     if first.get("type") == "missing":
         return f"Missing required parameter: '{param}'.", param
@@ -49,6 +50,7 @@ _KNOWN_ROUTES = {
     "/v1/chat/completions",
     "/v1/embeddings",
     "/v1/models",
+    "/v1/usage",
     "/v1/sessions",
     "/v1/memories",
     "/v1/memories/search",
@@ -136,7 +138,9 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
 
-def create_app(settings: GatewaySettings, pipeline: ChatPipeline, clients: MeshClients, auth: Authenticator) -> FastAPI:
+def create_app(
+    settings: GatewaySettings, pipeline: ChatPipeline, clients: MeshClients, auth: Authenticator, limiter: Limiter
+) -> FastAPI:
     app = FastAPI(title="llmmesh", version="0.1.0", description="OpenAI-compatible chat API of the llmmesh mesh.")
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -149,10 +153,11 @@ def create_app(settings: GatewaySettings, pipeline: ChatPipeline, clients: MeshC
     async def tenant(caller_: Caller = Depends(caller)) -> str:
         return caller_.tenant
 
-    app.include_router(chat.create_router(pipeline, caller))
+    app.include_router(chat.create_router(pipeline, caller, limiter))
+    app.include_router(usage.create_router(limiter.usage, caller))
     app.include_router(models.create_router(settings, pipeline, tenant))
     app.include_router(sessions.create_router(settings, clients, tenant))
-    app.include_router(embeddings.create_router(settings, clients, tenant))
+    app.include_router(embeddings.create_router(settings, clients, caller, limiter.usage))
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

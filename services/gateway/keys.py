@@ -1,14 +1,16 @@
 """API keys, each bound to a tenant, in the Redis-protocol server every gateway replica shares.
 
 Only a key's SHA-256 is stored, never the key: ``llmmesh:apikey:<sha256>`` is a hash with the
-key's id, tenant, name, creation time and a short prefix for people to recognise it by, and
-``llmmesh:apikeys`` maps ids to digests for listing and revoking. A revoked key is deleted, so
-the next request with it is refused at once.
+key's id, tenant, name, creation time, a short prefix for people to recognise it by, and its own
+limits (see ``KeyLimits``), and ``llmmesh:apikeys`` maps ids to digests for listing and revoking.
+A revoked key is deleted, so the next request with it is refused at once. The record is read on
+every request, so whatever it says applies from the next request on.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import time
 from dataclasses import dataclass
@@ -22,6 +24,50 @@ _INDEX = "llmmesh:apikeys"
 
 
 @dataclass(frozen=True)
+class KeyLimits:
+    """A key's own limits. None: not set, the gateway's default applies
+    (LLMMESH_GATEWAY_DEFAULT_RPM, ...); 0: unlimited."""
+
+    # Requests per minute.
+    rpm: int | None = None
+    # Prompt + completion tokens per minute.
+    tpm: int | None = None
+    # Chat completions in flight at once (streamed or not).
+    max_streams: int | None = None
+    # The models the key may ask for by name; empty: every model.
+    models: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("rpm", "tpm", "max_streams"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be 0 (unlimited) or more")
+        if any(not model for model in self.models):
+            raise ValueError("an allowed model needs a name")
+
+    def fields(self) -> dict[str, str | int]:
+        """The hash fields that store these limits (an unset limit has none)."""
+        stored: dict[str, str | int] = {
+            name: value for name in ("rpm", "tpm", "max_streams") if (value := getattr(self, name)) is not None
+        }
+        if self.models:
+            stored["models"] = json.dumps(list(self.models))
+        return stored
+
+    @classmethod
+    def from_fields(cls, raw: Any) -> KeyLimits:
+        def number(name: str) -> int | None:
+            return int(raw[name]) if name in raw else None
+
+        return cls(
+            rpm=number("rpm"),
+            tpm=number("tpm"),
+            max_streams=number("max_streams"),
+            models=tuple(json.loads(raw["models"])) if raw.get("models") else (),
+        )
+
+
+@dataclass(frozen=True)
 class KeyInfo:
     id: str
     tenant: str
@@ -29,6 +75,7 @@ class KeyInfo:
     created_at: int = 0
     # The first characters of the key, for people to tell keys apart.
     hint: str = ""
+    limits: KeyLimits = KeyLimits()
 
 
 def digest(key: str) -> str:
@@ -65,7 +112,13 @@ def _info(raw: Any) -> KeyInfo:
         name=raw.get("name", ""),
         created_at=int(raw.get("created_at", 0)),
         hint=raw.get("hint", ""),
+        limits=KeyLimits.from_fields(raw),
     )
+
+
+def connect(url: str, timeout_s: float = 2.0) -> redis.Redis:
+    """A client of the Redis-protocol server the gateway keeps its keys, limits and usage in."""
+    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
 
 
 class KeyStore:
@@ -74,14 +127,12 @@ class KeyStore:
 
     @classmethod
     def from_url(cls, url: str, timeout_s: float = 2.0) -> KeyStore:
-        return cls(
-            redis.Redis.from_url(url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        )
+        return cls(connect(url, timeout_s))
 
     async def close(self) -> None:
         await self._redis.aclose()
 
-    async def add(self, key: str, tenant: str, name: str = "") -> KeyInfo:
+    async def add(self, key: str, tenant: str, name: str = "", limits: KeyLimits = KeyLimits()) -> KeyInfo:
         """Stores `key` (hashed) for `tenant`; adding a key that exists keeps its record."""
         if not key or not tenant:
             raise ValueError("a key and a tenant are required")
@@ -89,25 +140,27 @@ class KeyStore:
         info = KeyInfo(
             id="key_" + key_digest[:16], tenant=tenant, name=name, created_at=int(time.time()), hint=_hint(key)
         )
+        record: dict[str, str | int] = {
+            "id": info.id,
+            "tenant": info.tenant,
+            "name": info.name,
+            "created_at": info.created_at,
+            "hint": info.hint,
+            **limits.fields(),
+        }
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(_INDEX, info.id, key_digest)
-            for field, value in (
-                ("id", info.id),
-                ("tenant", info.tenant),
-                ("name", info.name),
-                ("created_at", info.created_at),
-                ("hint", info.hint),
-            ):
+            for field, value in record.items():
                 pipe.hsetnx(_RECORD + key_digest, field, value)
             await pipe.execute()
         stored = await self.lookup(key)
         assert stored is not None
         return stored
 
-    async def create(self, tenant: str, name: str = "") -> tuple[str, KeyInfo]:
+    async def create(self, tenant: str, name: str = "", limits: KeyLimits = KeyLimits()) -> tuple[str, KeyInfo]:
         """A new random key for `tenant`: the key itself is returned once and never stored."""
         key = new_key()
-        return key, await self.add(key, tenant, name)
+        return key, await self.add(key, tenant, name, limits)
 
     async def lookup(self, key: str) -> KeyInfo | None:
         raw = await self._redis.hgetall(_RECORD + digest(key))

@@ -69,6 +69,7 @@ class Accepted:
 class Delta:
     index: int
     text: str
+    tokens: int = 0
 
 
 @dataclass
@@ -229,7 +230,7 @@ class ChatPipeline:
                     )
                 elif kind == "delta":
                     texts.setdefault(reply.delta.index, []).append(reply.delta.text)
-                    yield Delta(reply.delta.index, reply.delta.text)
+                    yield Delta(reply.delta.index, reply.delta.text, reply.delta.tokens)
                 elif kind == "choice_end":
                     finish[reply.choice_end.index] = reply.choice_end.finish_reason
                     yield ChoiceDone(reply.choice_end.index, reply.choice_end.finish_reason)

@@ -12,7 +12,8 @@ from services.common.server import ServiceSpec, Sidecar, serve
 from services.gateway.auth import Authenticator
 from services.gateway.clients import MeshClients
 from services.gateway.http_api import create_app
-from services.gateway.keys import KeyStore
+from services.gateway.keys import KeyStore, connect
+from services.gateway.limits import Limiter
 from services.gateway.pipeline import ChatPipeline
 from services.gateway.servicer import ChatServicer
 from services.gateway.settings import GatewaySettings
@@ -33,11 +34,13 @@ async def main() -> None:
     settings = GatewaySettings()
     clients = MeshClients.connect(settings)
     pipeline = ChatPipeline(settings, clients)
-    keys = KeyStore.from_url(settings.redis_url)
+    shared = connect(settings.redis_url)  # keys, limits and usage: one pool
+    keys = KeyStore(shared)
     auth = Authenticator(settings, keys)
+    limiter = Limiter(settings, shared)
     http = HttpServer(
         uvicorn.Config(
-            create_app(settings, pipeline, clients, auth),
+            create_app(settings, pipeline, clients, auth, limiter),
             host=settings.host,
             port=settings.http_port,
             loop="none",  # the service's loop is already running
@@ -55,7 +58,7 @@ async def main() -> None:
         name="gateway",
         grpc_services=[SERVICE_NAME],
         register=lambda server: chat_pb2_grpc.add_ChatServiceServicer_to_server(
-            ChatServicer(settings, pipeline, auth), server
+            ChatServicer(settings, pipeline, auth, limiter), server
         ),
         sidecars=[Sidecar(run=http.serve, stop=stop_http)],
     )

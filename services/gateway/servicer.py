@@ -11,6 +11,7 @@ from llmmesh.common.v1 import chat_pb2 as common_pb2
 from services.common.context import current_request_id
 from services.common.errors import InvalidArgumentError
 from services.gateway.auth import Authenticator
+from services.gateway.limits import Limiter
 from services.gateway.pipeline import Accepted, ChatPipeline, ChatTurn, Delta, Done
 from services.gateway.settings import GatewaySettings
 
@@ -23,26 +24,30 @@ def _authorization(context: grpc.aio.ServicerContext) -> str | None:
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
-    def __init__(self, settings: GatewaySettings, pipeline: ChatPipeline, auth: Authenticator) -> None:
+    def __init__(
+        self, settings: GatewaySettings, pipeline: ChatPipeline, auth: Authenticator, limiter: Limiter
+    ) -> None:
         self._settings = settings
         self._pipeline = pipeline
         self._auth = auth
+        self._limiter = limiter
 
     async def StreamChat(
         self, request: chat_pb2.StreamChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[chat_pb2.StreamChatResponse]:
-        tenant = await self._auth.tenant(_authorization(context))
+        caller = await self._auth.caller(_authorization(context))
         if not request.messages:
             raise InvalidArgumentError("messages must not be empty", "messages")
         turn = ChatTurn(
             request_id=current_request_id(),
-            tenant=tenant,
+            tenant=caller.tenant,
             model=request.model,
             messages=list(request.messages),
             sampling=request.sampling,
             session_id=request.session_id,
         )
-        async for event in self._pipeline.run(turn):
+        # Per-key limits (limits.py): a refusal is the call's status (RESOURCE_EXHAUSTED, ...).
+        async for event in self._limiter.limit(caller, turn, self._pipeline.run(turn)):
             if isinstance(event, Accepted):
                 yield chat_pb2.StreamChatResponse(
                     started=chat_pb2.ChatStarted(

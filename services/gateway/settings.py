@@ -16,7 +16,8 @@ class GatewaySettings(ServiceSettings):
     memory_target: str = "127.0.0.1:8103"
     router_target: str = "127.0.0.1:8104"
     inference_target: str = "127.0.0.1:8102"
-    # The Redis-protocol server holding the API keys (shared by every gateway replica).
+    # The Redis-protocol server holding the API keys, the limits' counters and the usage
+    # (shared by every gateway replica).
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Every /v1 request needs a Bearer API key, which names its tenant. Off: a request without
     # a key is the default tenant's (a key that is given is still checked).
@@ -37,3 +38,17 @@ class GatewaySettings(ServiceSettings):
     append_retry_s: float = 30.0
     # Seconds a client is told to wait (Retry-After) when a required dependency is down.
     retry_after_s: int = 5
+    # Limits of keys that set none of their own (`llmmesh keys create --rpm ...`); 0: unlimited.
+    default_rpm: int = Field(default=0, ge=0)
+    default_tpm: int = Field(default=0, ge=0)
+    default_max_streams: int = Field(default=0, ge=0)
+    # Tokens per minute count prompt + completion, reserved before generating. Without
+    # max_tokens a request reserves this many completion tokens (at most what its limit leaves),
+    # and more in steps of tpm_extend_step while it streams.
+    tpm_default_reserve: int = Field(default=512, ge=1)
+    tpm_extend_step: int = Field(default=256, ge=1)
+    # A request's hold on a concurrency slot lapses this long after its gateway stops renewing
+    # it (a replica that died); a live request renews it, and frees it the moment it ends.
+    stream_lease_s: float = Field(default=60.0, gt=1)
+    # Days the per-day usage counters (GET /v1/usage) are kept.
+    usage_retention_days: int = Field(default=400, ge=1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,13 @@ from services.common.settings import ServiceSettings
 from services.gateway.auth import Authenticator
 from services.gateway.clients import MeshClients
 from services.gateway.http_api import create_app
-from services.gateway.keys import KeyStore
+from services.gateway.keys import KeyStore, connect
+from services.gateway.limits import Limiter
 from services.gateway.pipeline import ChatPipeline
 from services.gateway.server import HttpServer
 from services.gateway.settings import GatewaySettings
 from services.inference.embedder import Embedder
-from services.inference.engine import ChatTokenizer, PromptLimits
+from services.inference.engine import ChatTokenizer, Delta, Event, GenerationJob, PromptLimits
 from services.inference.instant import InstantBackend
 from services.inference.servicer import InferenceServicer
 from services.memory.core import MemoryCore, RecallPolicy, dependency_unavailable
@@ -66,6 +67,24 @@ class MeshOptions:
     qdrant_url: str = ""
     # Where the API keys live when not with the memory (default: the same Redis).
     keys_redis_url: str = ""
+    # Gateway settings to change (GatewaySettings field -> value).
+    gateway: dict[str, Any] = field(default_factory=dict)
+
+
+class HeldBackend(InstantBackend):
+    """The instant backend, whose streams a test can hold open: while `gate` is clear, every
+    stream waits after each token it sends (so after its first one)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def generate(self, job: GenerationJob) -> AsyncIterator[Event]:
+        async for event in super().generate(job):
+            yield event
+            if isinstance(event, Delta):
+                await self.gate.wait()
 
 
 API_KEY = "llm-test-key-of-the-default-tenant"
@@ -76,7 +95,7 @@ OTHER_KEY = "llm-test-key-of-tenant-b"
 class Mesh:
     # Sends API_KEY (tenant "default") unless a request says otherwise.
     http: httpx.AsyncClient
-    backend: InstantBackend
+    backend: HeldBackend
     store: SessionStore
     vectors: VectorStore
     indexer: Indexer
@@ -113,7 +132,7 @@ async def in_process_mesh(
 ) -> AsyncIterator[Mesh]:
     ports = {name: free_port() for name in ("inference", "memory", "router")}
     targets = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
-    backend = InstantBackend(
+    backend = HeldBackend(
         MODEL, tokenizer, options.context_length, PromptLimits(options.completion_reserve, options.recall_max_tokens)
     )
     inference = InferenceServicer(backend, embedder)
@@ -165,6 +184,7 @@ async def in_process_mesh(
         inference_target=targets["inference"],
         redis_url=options.keys_redis_url or redis_url,
         api_keys=SecretStr(f"{API_KEY},{OTHER_KEY}:tenant-b"),
+        **options.gateway,
     )
     async with contextlib.AsyncExitStack() as stack:
         for spec, port in specs:
@@ -172,9 +192,11 @@ async def in_process_mesh(
         await catalog.refresh()
         clients = MeshClients.connect(settings)
         pipeline = ChatPipeline(settings, clients)
-        keys = KeyStore.from_url(settings.redis_url)
-        stack.push_async_callback(keys.close)
+        shared = connect(settings.redis_url)
+        stack.push_async_callback(shared.aclose)
+        keys = KeyStore(shared)
         auth = Authenticator(settings, keys)
+        limiter = Limiter(settings, shared)
         await auth.seed()
         stack.push_async_callback(pipeline.close)
         stack.push_async_callback(embed_channel.close)
@@ -185,7 +207,7 @@ async def in_process_mesh(
         # The gateway's REST API on real uvicorn, as the service runs it: each request in its own task.
         server = HttpServer(
             uvicorn.Config(
-                create_app(settings, pipeline, clients, auth),
+                create_app(settings, pipeline, clients, auth, limiter),
                 host="127.0.0.1",
                 port=http_port,
                 loop="none",

@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 from services.gateway.auth import Authenticator
 from services.gateway.clients import MeshClients
 from services.gateway.http_api import create_app
-from services.gateway.keys import KeyStore
+from services.gateway.keys import KeyStore, connect
+from services.gateway.limits import Limiter
 from services.gateway.pipeline import ChatPipeline
 from services.gateway.settings import GatewaySettings
 
@@ -21,8 +22,10 @@ def client() -> TestClient:
     # No upstream is reached by these routes, so no pipeline is needed.
     # Channels and Redis connect lazily: nothing is dialled unless a route calls an upstream.
     settings = GatewaySettings(require_api_key=False)
-    auth = Authenticator(settings, KeyStore.from_url(settings.redis_url))
-    return TestClient(create_app(settings, cast(ChatPipeline, None), MeshClients.connect(settings), auth))
+    shared = connect(settings.redis_url)
+    auth = Authenticator(settings, KeyStore(shared))
+    limiter = Limiter(settings, shared)
+    return TestClient(create_app(settings, cast(ChatPipeline, None), MeshClients.connect(settings), auth, limiter))
 
 
 def test_incoming_request_id_is_echoed(client: TestClient) -> None:
@@ -67,8 +70,10 @@ def test_invalid_bodies_are_400_naming_the_param(client: TestClient, body: dict[
 @pytest.fixture(scope="module")
 def small_client() -> TestClient:
     settings = GatewaySettings(require_api_key=False, max_body_bytes=2048)
-    auth = Authenticator(settings, KeyStore.from_url(settings.redis_url))
-    return TestClient(create_app(settings, cast(ChatPipeline, None), MeshClients.connect(settings), auth))
+    shared = connect(settings.redis_url)
+    auth = Authenticator(settings, KeyStore(shared))
+    limiter = Limiter(settings, shared)
+    return TestClient(create_app(settings, cast(ChatPipeline, None), MeshClients.connect(settings), auth, limiter))
 
 
 def test_a_body_over_the_limit_is_413_in_openai_shape(small_client: TestClient) -> None:

@@ -1,0 +1,167 @@
+"""Usage accounting: prompt and completion tokens and requests per API key, tenant and model, per
+UTC day, in the Redis-protocol server every gateway replica shares; and GET /v1/usage, which
+shows a caller its own key's or its own tenant's figures, never anyone else's.
+
+A day of one key (or tenant) is one hash, ``llmmesh:usage:<key|tenant>:<id>:<YYYY-MM-DD>``, with
+a field per figure and model (``prompt_tokens:<model>``, ``completion_tokens:<model>``,
+``requests:<model>``), so a finished request is one MULTI of HINCRBYs and a day is read with one
+HGETALL. The hashes expire `retention_days` after their last write.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis.asyncio as redis
+from fastapi import APIRouter, Depends, Query
+
+from services.gateway.auth import Caller
+from services.gateway.errors import APIError
+
+log = logging.getLogger(__name__)
+
+_PREFIX = "llmmesh:usage:"
+FIGURES = ("prompt_tokens", "completion_tokens", "requests")
+DEFAULT_DAYS = 7
+MAX_DAYS = 400
+
+Scope = Literal["key", "tenant"]
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one model served one key or tenant on one day."""
+
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    requests: int = 0
+
+
+def _record_key(scope: Scope, owner: str, day: dt.date) -> str:
+    return f"{_PREFIX}{scope}:{owner}:{day.isoformat()}"
+
+
+def today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
+
+
+class UsageStore:
+    def __init__(self, client: redis.Redis, retention_days: int) -> None:
+        self._redis = client
+        self._retention_s = retention_days * 86400
+
+    async def record(self, caller: Caller, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """Counts one request, under its tenant and (when it came with one) its key. Counted
+        once the answer is made: a Redis outage is logged, never the client's failure."""
+        figures = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "requests": 1}
+        day = today()
+        owners: list[tuple[Scope, str]] = [("tenant", caller.tenant)]
+        if caller.key_id:
+            owners.append(("key", caller.key_id))
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for scope, owner in owners:
+                    record = _record_key(scope, owner, day)
+                    for figure, value in figures.items():
+                        pipe.hincrby(record, f"{figure}:{model}", value)
+                    pipe.expire(record, self._retention_s)
+                await pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("usage not recorded", extra={"key_id": caller.key_id, "error": type(exc).__name__})
+
+    async def read(self, scope: Scope, owner: str, days: list[dt.date]) -> dict[dt.date, list[Usage]]:
+        """Each day's usage by model (models in name order; a day without any: empty)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for day in days:
+                pipe.hgetall(_record_key(scope, owner, day))
+            raw_days: list[dict[str, str]] = await pipe.execute()
+        found: dict[dt.date, list[Usage]] = {}
+        for day, raw in zip(days, raw_days, strict=True):
+            by_model: dict[str, dict[str, int]] = {}
+            for field, value in raw.items():
+                figure, _, model = field.partition(":")
+                if figure in FIGURES:
+                    by_model.setdefault(model, {})[figure] = int(value)
+            found[day] = [Usage(model, **by_model[model]) for model in sorted(by_model)]
+        return found
+
+
+def _days(start_date: dt.date | None, end_date: dt.date | None, days: int | None) -> list[dt.date]:
+    """The days asked for: `start_date` (or `days` days) up to `end_date` (or today)."""
+    if days is not None and start_date is not None:
+        raise APIError.invalid("Give either 'days' or 'start_date', not both.", "days")
+    end = end_date or today()
+    start = start_date or end - dt.timedelta(days=(days or DEFAULT_DAYS) - 1)
+    if start > end:
+        raise APIError.invalid("'start_date' must not be after 'end_date'.", "start_date")
+    count = (end - start).days + 1
+    if count > MAX_DAYS:
+        raise APIError.invalid(f"At most {MAX_DAYS} days can be read at once.", "start_date")
+    return [start + dt.timedelta(days=i) for i in range(count)]
+
+
+def _bucket(day: dt.date, usage: list[Usage]) -> dict[str, Any]:
+    start = int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp())
+    return {
+        "object": "usage.bucket",
+        "date": day.isoformat(),
+        "start_time": start,
+        "end_time": start + 86400,
+        "results": [
+            {
+                "object": "usage.result",
+                "model": u.model,
+                "prompt_tokens": u.prompt_tokens,
+                "completion_tokens": u.completion_tokens,
+                "total_tokens": u.prompt_tokens + u.completion_tokens,
+                "requests": u.requests,
+            }
+            for u in usage
+        ],
+    }
+
+
+def _totals(buckets: Iterator[Usage]) -> dict[str, int]:
+    totals = dict.fromkeys(FIGURES, 0)
+    for usage in buckets:
+        for figure in FIGURES:
+            totals[figure] += getattr(usage, figure)
+    totals["total_tokens"] = totals["prompt_tokens"] + totals["completion_tokens"]
+    return totals
+
+
+def create_router(store: UsageStore, caller: Callable[..., Awaitable[Caller]]) -> APIRouter:
+    router = APIRouter(tags=["usage"])
+
+    @router.get("/v1/usage")
+    async def get_usage(
+        scope: Scope = "key",
+        start_date: dt.date | None = None,
+        end_date: dt.date | None = None,
+        days: int | None = Query(default=None, ge=1, le=MAX_DAYS),
+        caller_: Caller = Depends(caller),
+    ) -> dict[str, Any]:
+        """The caller's usage per UTC day and model: its own key's (`scope=key`, the default) or
+        its whole tenant's (`scope=tenant`)."""
+        if scope == "key" and caller_.key is None:
+            raise APIError.invalid("This request has no API key: ask for scope=tenant.", "scope")
+        owner = caller_.key_id if scope == "key" else caller_.tenant
+        wanted = _days(start_date, end_date, days)
+        found = await store.read(scope, owner, wanted)
+        return {
+            "object": "list",
+            "scope": scope,
+            "tenant": caller_.tenant,
+            "key_id": caller_.key_id if scope == "key" else None,
+            "start_date": wanted[0].isoformat(),
+            "end_date": wanted[-1].isoformat(),
+            "data": [_bucket(day, usage) for day, usage in found.items()],
+            "totals": _totals(u for usage in found.values() for u in usage),
+        }
+
+    return router
