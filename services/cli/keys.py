@@ -20,7 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.cli.client import MeshClient
 from services.cli.settings import DEFAULT_REDIS_URL, CliSettings
-from services.gateway.keys import KeyInfo, KeyStore
+from services.gateway.keys import KeyInfo, KeyLimits, KeyStore
 
 REDIS_TIMEOUT_S = 5.0
 
@@ -36,6 +36,16 @@ def _name(text: str) -> str:
     value = text.strip()
     if not value:
         raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 (unlimited) or more")
     return value
 
 
@@ -67,6 +77,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], pa
     create = actions.add_parser("create", parents=[store], help="create a key for a tenant (shown once)")
     create.add_argument("--tenant", type=_name, required=True, help="the tenant the key's requests belong to")
     create.add_argument("--name", default="", help="a label for people (who or what uses the key)")
+    limits = create.add_argument_group("limits (default: the gateway's LLMMESH_GATEWAY_DEFAULT_*; 0: unlimited)")
+    limits.add_argument("--rpm", type=_limit, help="requests per minute")
+    limits.add_argument("--tpm", type=_limit, help="prompt + completion tokens per minute")
+    limits.add_argument("--max-streams", type=_limit, help="chat completions in flight at once")
+    limits.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        type=_name,
+        default=[],
+        help="a model the key may use (repeat for more; default: every model)",
+    )
     create.set_defaults(action=_create)
 
     listing = actions.add_parser("list", parents=[store], help="list the keys (ids and hints, never the keys)")
@@ -102,12 +124,15 @@ async def _run_action(action: Action, store: KeyStore, args: argparse.Namespace)
 
 
 async def _create(store: KeyStore, args: argparse.Namespace) -> int:
-    key, info = await store.create(args.tenant, args.name)
+    limits = KeyLimits(args.rpm, args.tpm, args.max_streams, tuple(args.models))
+    key, info = await store.create(args.tenant, args.name, limits)
     _say(f"key     {key}")
     _say(f"id      {info.id}")
     _say(f"tenant  {info.tenant}")
     if info.name:
         _say(f"name    {_one_line(info.name)}")
+    if limits != KeyLimits():
+        _say(f"limits  {_limits_line(info.limits)}")
     _say("Save the key now: it cannot be shown again (only its hash is kept).")
     return 0
 
@@ -129,8 +154,9 @@ async def _revoke(store: KeyStore, args: argparse.Namespace) -> int:
 
 
 def format_table(found: Sequence[KeyInfo]) -> str:
-    """The keys as aligned columns: id, tenant, name, created (UTC), hint."""
-    header = ("ID", "TENANT", "NAME", "CREATED (UTC)", "HINT")
+    """The keys as aligned columns: id, tenant, name, created (UTC), hint, and the key's own
+    limits ("-": the gateway's default)."""
+    header = ("ID", "TENANT", "NAME", "CREATED (UTC)", "HINT", "RPM", "TPM", "STREAMS", "MODELS")
     rows = [header] + [
         (
             info.id,
@@ -138,12 +164,30 @@ def format_table(found: Sequence[KeyInfo]) -> str:
             _one_line(info.name) or "-",
             _utc(info.created_at),
             f"{info.hint}…" if info.hint else "-",
+            _limit_cell(info.limits.rpm),
+            _limit_cell(info.limits.tpm),
+            _limit_cell(info.limits.max_streams),
+            ",".join(map(_one_line, info.limits.models)) or "all",
         )
         for info in found
     ]
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     lines = ("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows)
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _limit_cell(value: int | None) -> str:
+    if value is None:
+        return "-"
+    return "unlimited" if value == 0 else str(value)
+
+
+def _limits_line(limits: KeyLimits) -> str:
+    cells = (("rpm", limits.rpm), ("tpm", limits.tpm), ("max-streams", limits.max_streams))
+    parts = [f"{name} {_limit_cell(value)}" for name, value in cells if value is not None]
+    if limits.models:
+        parts.append("models " + ", ".join(map(_one_line, limits.models)))
+    return "; ".join(parts)
 
 
 def _utc(unix_s: int) -> str:

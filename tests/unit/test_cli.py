@@ -16,7 +16,7 @@ from services.cli.chat import ChatOptions, ChatRepl, Command, parse_line
 from services.cli.client import ApiError, ChatChunk, MeshClient, chunk_of, parse_sse_line
 from services.cli.main import build_parser, main, resolve_settings
 from services.cli.settings import DEFAULT_BASE_URL, DEFAULT_REDIS_URL
-from services.gateway.keys import KeyStore
+from services.gateway.keys import KeyLimits, KeyStore
 from tests.unit.helpers import free_port
 
 # -- arguments and settings
@@ -591,7 +591,7 @@ async def test_keys_create_list_revoke(valkey_url: str, tenant: str, capsys: pyt
         code, out, err = await _llmmesh(capsys, "keys", "list", "--redis-url", valkey_url, "--tenant", tenant)
         assert (code, err) == (0, "")
         header, *rows = out.strip().splitlines()
-        assert header.split() == ["ID", "TENANT", "NAME", "CREATED", "(UTC)", "HINT"]
+        assert header.split() == ["ID", "TENANT", "NAME", "CREATED", "(UTC)", "HINT", "RPM", "TPM", "STREAMS", "MODELS"]
         by_id = {row.split()[0]: row for row in rows}  # keys made in the same second: any order
         assert set(by_id) == {key_id, named_id}
         assert by_id[key_id].split()[:3] == [key_id, tenant, "-"]
@@ -627,6 +627,58 @@ async def test_keys_create_list_revoke(valkey_url: str, tenant: str, capsys: pyt
         assert (code, out.strip()) == (0, f"no keys for tenant {tenant}-none")
     finally:
         await store.close()
+
+
+async def test_keys_create_with_limits_and_list_them(
+    valkey_url: str, tenant: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = await _llmmesh(
+        capsys,
+        "keys",
+        "create",
+        "--redis-url",
+        valkey_url,
+        "--tenant",
+        tenant,
+        "--rpm",
+        "60",
+        "--tpm",
+        "0",
+        "--max-streams",
+        "2",
+        "--model",
+        "smollm2-135m-instruct",
+        "--model",
+        "llmmesh",
+    )
+    assert (code, err) == (0, "")
+    fields = dict(line.split(maxsplit=1) for line in out.splitlines() if line.startswith(("key ", "id ", "limits ")))
+    assert fields["limits"] == "rpm 60; tpm unlimited; max-streams 2; models smollm2-135m-instruct, llmmesh"
+    code, out, err = await _llmmesh(capsys, "keys", "create", "--redis-url", valkey_url, "--tenant", tenant)
+    plain_id = dict(line.split(maxsplit=1) for line in out.splitlines() if line.startswith("id "))["id"]
+    assert "limits" not in out
+
+    store = KeyStore.from_url(valkey_url)
+    try:
+        found = await store.lookup(fields["key"])
+        assert found is not None
+        assert found.limits == KeyLimits(rpm=60, tpm=0, max_streams=2, models=("smollm2-135m-instruct", "llmmesh"))
+    finally:
+        await store.close()
+
+    code, out, err = await _llmmesh(capsys, "keys", "list", "--redis-url", valkey_url, "--tenant", tenant)
+    assert (code, err) == (0, "")
+    rows = {row.split()[0]: row.split() for row in out.strip().splitlines()[1:]}
+    assert rows[fields["id"]][-4:] == ["60", "unlimited", "2", "smollm2-135m-instruct,llmmesh"]
+    assert rows[plain_id][-4:] == ["-", "-", "-", "all"]  # the gateway's defaults
+
+
+@pytest.mark.parametrize("flags", [["--rpm", "-1"], ["--tpm", "lots"], ["--max-streams", "1.5"], ["--model", " "]])
+def test_keys_create_refuses_bad_limits(flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["keys", "create", "--tenant", "t", *flags])
+    assert exited.value.code == 2
+    assert flags[0] in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("action", [["list"], ["create", "--tenant", "t"], ["revoke", "key_1"]])
