@@ -20,7 +20,7 @@ from services.gateway.auth import Caller
 from services.gateway.errors import APIError
 from services.gateway.limits import Limiter
 from services.gateway.pipeline import Accepted, ChatPipeline, ChatTurn, ChoiceDone, Delta, Done
-from services.gateway.protocol import ChatCompletionRequest
+from services.gateway.protocol import SESSION_ID_PATTERN, ChatCompletionRequest
 
 SESSION_HEADER = "X-Session-Id"
 RECALL_HEADER = "X-Llmmesh-Recall"
@@ -39,7 +39,7 @@ def create_router(pipeline: ChatPipeline, caller: Callable[..., Awaitable[Caller
     async def chat_completions(
         body: ChatCompletionRequest,
         request: Request,
-        x_session_id: str | None = Header(default=None, alias=SESSION_HEADER),
+        x_session_id: str | None = Header(default=None, alias=SESSION_HEADER, pattern=SESSION_ID_PATTERN),
         caller_: Caller = Depends(caller),
     ) -> Response:
         session_id = body.session_id or x_session_id or ""

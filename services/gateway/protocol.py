@@ -13,6 +13,9 @@ from llmmesh.common.v1 import chat_pb2 as common_pb2
 from services.gateway.errors import APIError
 
 _INT32_MAX = 2**31 - 1  # max_tokens travels as a proto int32
+# A session id is echoed in the X-Session-Id response header, so it must be a valid header
+# value: ASCII letters, digits and `_.:-` only ("" is no session).
+SESSION_ID_PATTERN = r"^[A-Za-z0-9_.:-]{0,256}$"
 
 
 class ContentPart(BaseModel):
@@ -86,7 +89,7 @@ class ChatCompletionRequest(BaseModel):
     # vLLM's extension: generate exactly max_tokens (benchmarks rely on it).
     ignore_eos: bool = False
     # llmmesh extension: keep the conversation server-side under this id.
-    session_id: str | None = Field(default=None, max_length=256)
+    session_id: str | None = Field(default=None, pattern=SESSION_ID_PATTERN)
 
     def to_sampling(self) -> common_pb2.SamplingParams:
         sampling = common_pb2.SamplingParams(n=self.n, ignore_eos=self.ignore_eos)

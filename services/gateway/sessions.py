@@ -19,6 +19,7 @@ from llmmesh.memory.v1 import memory_pb2
 from services.common.errors import MeshError
 from services.common.messages import to_openai
 from services.gateway.clients import MeshClients
+from services.gateway.protocol import SESSION_ID_PATTERN
 from services.gateway.settings import GatewaySettings
 
 T = TypeVar("T")
@@ -26,7 +27,7 @@ T = TypeVar("T")
 
 class CreateSession(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str | None = Field(default=None, min_length=1, max_length=256, pattern=r"^[\w.:-]+$")
+    id: str | None = Field(default=None, min_length=1, pattern=SESSION_ID_PATTERN)
     system_prompt: str | None = Field(default=None, max_length=100_000)
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
     user: str | None = Field(default=None, max_length=256)

@@ -96,7 +96,10 @@ def _days(start_date: dt.date | None, end_date: dt.date | None, days: int | None
     if days is not None and start_date is not None:
         raise APIError.invalid("Give either 'days' or 'start_date', not both.", "days")
     end = end_date or today()
-    start = start_date or end - dt.timedelta(days=(days or DEFAULT_DAYS) - 1)
+    try:
+        start = start_date or end - dt.timedelta(days=(days or DEFAULT_DAYS) - 1)
+    except OverflowError:  # the days before `end_date` reach past the first day of the calendar
+        start = dt.date.min
     if start > end:
         raise APIError.invalid("'start_date' must not be after 'end_date'.", "start_date")
     count = (end - start).days + 1
