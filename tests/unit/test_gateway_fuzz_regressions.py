@@ -83,3 +83,12 @@ async def test_usage_up_to_the_first_day_of_the_calendar_is_read_not_a_500(mesh:
 
     assert response.status_code == 200
     assert [bucket["date"] for bucket in response.json()["data"]] == ["0001-01-01"]
+
+
+async def test_a_top_k_beyond_int32_is_never_a_500(mesh: Mesh) -> None:
+    # top_k travels as a proto int32: a larger one failed the conversion (a ValueError, a 500).
+    response = await mesh.chat("hi", top_k=2**40)
+
+    assert response.status_code < 500
+    if response.status_code >= 400:
+        assert _openai_error(response.json())["param"] == "top_k"
