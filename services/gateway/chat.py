@@ -2,34 +2,34 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import grpc
-import orjson
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import Counter
 
+from llmmesh.inference.v1 import inference_pb2
 from services.common.context import request_id_var
 from services.common.errors import MeshError
 from services.gateway.auth import Caller
 from services.gateway.errors import APIError
 from services.gateway.limits import Limiter
-from services.gateway.pipeline import Accepted, ChatPipeline, ChatTurn, ChoiceDone, Delta, Done
+from services.gateway.pipeline import Accepted, ChatPipeline, ChatTurn, ChoiceDone, Delta, Done, merge_tool_calls
 from services.gateway.protocol import SESSION_ID_PATTERN, ChatCompletionRequest
+from services.gateway.streaming import (
+    DONE,
+    NO_RESULT,
+    SSE_HEADERS,
+    chat_logprobs,
+    first_event,
+    sse,
+    unless_disconnected,
+    usage,
+)
 
 SESSION_HEADER = "X-Session-Id"
 RECALL_HEADER = "X-Llmmesh-Recall"
-
-TOKENS = Counter("llmmesh_gateway_tokens_total", "Tokens served, by kind.", ["kind"])
-
-
-def sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 def create_router(pipeline: ChatPipeline, caller: Callable[..., Awaitable[Caller]], limiter: Limiter) -> APIRouter:
@@ -43,6 +43,7 @@ def create_router(pipeline: ChatPipeline, caller: Callable[..., Awaitable[Caller
         caller_: Caller = Depends(caller),
     ) -> Response:
         session_id = body.session_id or x_session_id or ""
+        tools_json, tool_choice, tool_name, single_tool_call = body.tool_settings()
         turn = ChatTurn(
             request_id=request_id_var.get(),
             tenant=caller_.tenant,
@@ -50,7 +51,10 @@ def create_router(pipeline: ChatPipeline, caller: Callable[..., Awaitable[Caller
             messages=body.to_messages(),
             sampling=body.to_sampling(),
             session_id=session_id,
-            tools_json=json.dumps(body.tools) if body.tools else "",
+            tools_json=tools_json,
+            tool_choice=tool_choice,
+            tool_name=tool_name,
+            single_tool_call=single_tool_call,
             user=body.user or "",
         )
         headers = {SESSION_HEADER: session_id} if session_id else {}
@@ -59,45 +63,19 @@ def create_router(pipeline: ChatPipeline, caller: Callable[..., Awaitable[Caller
         # an error event; usage is recorded when the turn ends.
         events = limiter.limit(caller_, turn, pipeline.run(turn))
         # The decision (Accepted) comes first: a bad request fails here, before any 200.
-        first = await _unless_disconnected(request, _first_event(events))
+        first = await unless_disconnected(request, first_event(events))
         if first.recall_skipped:
             headers[RECALL_HEADER] = "skipped"
         if body.stream:
             return StreamingResponse(
                 completion.sse(first, events),
                 media_type="text/event-stream",
-                headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                headers={**headers, **SSE_HEADERS},
             )
-        result = await _unless_disconnected(request, completion.collect(events))
+        result = await unless_disconnected(request, completion.collect(events))
         return JSONResponse(result, headers=headers)
 
     return router
-
-
-async def _first_event(events: AsyncIterator[Any]) -> Accepted:
-    """The Accepted event: once it is here, the request is good and the stream may start."""
-    first = await anext(events)
-    if not isinstance(first, Accepted):
-        raise MeshError(*_NO_RESULT)
-    return first
-
-
-async def _unless_disconnected(request: Request, work: Any) -> Any:
-    """Runs `work`, cancelling it (and so the engine request) if the client goes away."""
-    task = asyncio.ensure_future(work)
-
-    async def watch() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                task.cancel()
-                return
-
-    watcher = asyncio.create_task(watch())
-    try:
-        return await task
-    finally:
-        watcher.cancel()
 
 
 class _Completion:
@@ -115,42 +93,49 @@ class _Completion:
             out["session_id"] = self.turn.session_id
         return out
 
-    @staticmethod
-    def _usage(done: Done) -> dict[str, int]:
-        TOKENS.labels("prompt").inc(done.prompt_tokens)
-        TOKENS.labels("completion").inc(done.completion_tokens)
-        return {
-            "prompt_tokens": done.prompt_tokens,
-            "completion_tokens": done.completion_tokens,
-            "total_tokens": done.prompt_tokens + done.completion_tokens,
-        }
-
     async def collect(self, events: AsyncIterator[Any]) -> dict[str, Any]:
-        texts: dict[int, list[str]] = {i: [] for i in range(self.body.n)}
+        n = self.body.n
+        texts: list[list[str]] = [[] for _ in range(n)]
+        calls: list[dict[int, dict[str, Any]]] = [{} for _ in range(n)]
+        logprobs: list[list[dict[str, Any]]] = [[] for _ in range(n)]
         async for event in events:
             if isinstance(event, Delta):
                 texts[event.index].append(event.text)
+                merge_tool_calls(calls[event.index], event.tool_calls)
+                if event.logprobs:
+                    logprobs[event.index].extend(chat_logprobs(event.logprobs))
             elif isinstance(event, Done):
                 out = self._envelope("chat.completion")
                 out["choices"] = [
                     {
                         "index": i,
-                        "message": {"role": "assistant", "content": "".join(parts)},
-                        "logprobs": None,
+                        "message": _message("".join(texts[i]), [calls[i][c] for c in sorted(calls[i])]),
+                        "logprobs": {"content": logprobs[i]} if self.body.logprobs else None,
                         "finish_reason": event.finish_reasons.get(i, "stop"),
                     }
-                    for i, parts in sorted(texts.items())
+                    for i in range(n)
                 ]
-                out["usage"] = self._usage(event)
+                out["usage"] = usage(event)
                 return out
-        raise MeshError(*_NO_RESULT)
+        raise MeshError(*NO_RESULT)
 
-    def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+    def _chunk(self, choices: list[dict[str, Any]], usage_: dict[str, int] | None = None) -> bytes:
         out = self._envelope("chat.completion.chunk")
         out["choices"] = choices
-        if usage is not None:
-            out["usage"] = usage
+        if usage_ is not None:
+            out["usage"] = usage_
         return sse(out)
+
+    def _delta_chunk(self, event: Delta) -> bytes:
+        delta: dict[str, Any] = {}
+        if event.text or not event.tool_calls:
+            delta["content"] = event.text
+        if event.tool_calls:
+            delta["tool_calls"] = [_tool_call_piece(piece) for piece in event.tool_calls]
+        choice: dict[str, Any] = {"index": event.index, "delta": delta, "finish_reason": None}
+        if self.body.logprobs:
+            choice["logprobs"] = {"content": chat_logprobs(event.logprobs)}
+        return self._chunk([choice])
 
     async def sse(self, first: Any, events: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         include_usage = bool(self.body.stream_options and self.body.stream_options.include_usage)
@@ -167,13 +152,13 @@ class _Completion:
                             [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
                         )
                 if isinstance(event, Delta):
-                    yield self._chunk([{"index": event.index, "delta": {"content": event.text}, "finish_reason": None}])
+                    yield self._delta_chunk(event)
                 elif isinstance(event, ChoiceDone):
                     yield self._chunk([{"index": event.index, "delta": {}, "finish_reason": event.finish_reason}])
                 elif isinstance(event, Done):
-                    usage = self._usage(event)
+                    usage_ = usage(event)
                     if include_usage:
-                        yield self._chunk([], usage)
+                        yield self._chunk([], usage_)
                     break
                 elif not isinstance(event, Accepted):
                     raise TypeError(f"unexpected event {event!r}")
@@ -182,8 +167,26 @@ class _Completion:
             # Headers are gone already: the error travels in the stream, as OpenAI does it.
             yield sse(APIError.from_mesh(exc, 0).body())
         except StopAsyncIteration:
-            yield sse(APIError.from_mesh(MeshError(*_NO_RESULT)).body())
-        yield b"data: [DONE]\n\n"
+            yield sse(APIError.from_mesh(MeshError(*NO_RESULT)).body())
+        yield DONE
 
 
-_NO_RESULT = (grpc.StatusCode.INTERNAL, "the generation ended without a result")
+def _message(text: str, tool_calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """The assistant message: with tool calls and no text, content is null (as OpenAI's)."""
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return message
+
+
+def _tool_call_piece(piece: inference_pb2.ToolCallDelta) -> dict[str, Any]:
+    """A `delta.tool_calls` entry: id, type and name come with a call's first piece only."""
+    out: dict[str, Any] = {"index": piece.index}
+    function: dict[str, str] = {"arguments": piece.arguments}
+    if piece.id:
+        out["id"] = piece.id
+        out["type"] = "function"
+    if piece.name:
+        function["name"] = piece.name
+    out["function"] = function
+    return out

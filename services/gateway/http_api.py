@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.context import REQUEST_ID_HEADER, new_request_id, request_id_var
 from services.common.errors import MeshError
-from services.gateway import chat, embeddings, models, sessions, usage
+from services.gateway import chat, completions, embeddings, models, sessions, usage
 from services.gateway.auth import Authenticator, Caller
 from services.gateway.clients import MeshClients
 from services.gateway.errors import APIError
@@ -48,6 +48,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 _KNOWN_ROUTES = {
     "/v1/chat/completions",
+    "/v1/completions",
     "/v1/embeddings",
     "/v1/models",
     "/v1/usage",
@@ -154,6 +155,7 @@ def create_app(
         return caller_.tenant
 
     app.include_router(chat.create_router(pipeline, caller, limiter))
+    app.include_router(completions.create_router(pipeline, caller, limiter))
     app.include_router(usage.create_router(limiter.usage, caller))
     app.include_router(models.create_router(settings, pipeline, tenant))
     app.include_router(sessions.create_router(settings, clients, tenant))

@@ -11,11 +11,13 @@ idempotent on the turn id): a client never waits for it, and never sees it fail.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from prometheus_client import Counter
@@ -49,6 +51,13 @@ class ChatTurn:
     tools_json: str = ""
     # OpenAI's `user`: the end user, for long-term memory across sessions.
     user: str = ""
+    # "" / "auto", "none", "required" or "function" (then tool_name); see inference.proto.
+    tool_choice: str = ""
+    tool_name: str = ""
+    single_tool_call: bool = False
+    # The completions API: a raw prompt (text or token ids); no memory, no persona.
+    prompt: str = ""
+    prompt_ids: list[int] = field(default_factory=list)
     started_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     # Unique per turn (the request id may repeat: clients may send their own).
     turn_id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -70,6 +79,8 @@ class Delta:
     index: int
     text: str
     tokens: int = 0
+    tool_calls: Sequence[inference_pb2.ToolCallDelta] = ()
+    logprobs: Sequence[inference_pb2.TokenLogprob] = ()
 
 
 @dataclass
@@ -132,6 +143,17 @@ def window_after_trim(window: list[memory_pb2.Turn], dropped: int) -> int:
     return int(window[-1].seq) + 1
 
 
+def merge_tool_calls(calls: dict[int, dict[str, Any]], pieces: Sequence[inference_pb2.ToolCallDelta]) -> None:
+    """Adds streamed tool-call pieces to whole calls in OpenAI's message shape, by call index."""
+    for piece in pieces:
+        call = calls.setdefault(piece.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        if piece.id:
+            call["id"] = piece.id
+        if piece.name:
+            call["function"]["name"] = piece.name
+        call["function"]["arguments"] += piece.arguments
+
+
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
         grpc.StatusCode.UNAVAILABLE,
@@ -175,7 +197,7 @@ class ChatPipeline:
         return list(reply.models)
 
     async def _context(self, turn: ChatTurn) -> memory_pb2.GetContextResponse:
-        if not turn.session_id:
+        if not turn.session_id or turn.prompt or turn.prompt_ids:
             return memory_pb2.GetContextResponse()
         previous = self._last_append.get((turn.tenant, turn.session_id))
         if previous is not None and not previous.done():
@@ -206,16 +228,23 @@ class ChatPipeline:
         context, route = context_call.result(), route_call.result()
 
         system_prompt = context.session.system_prompt or route.agent.system_prompt
+        raw_prompt = bool(turn.prompt or turn.prompt_ids)
         start = inference_pb2.StartGeneration(
             request_id=turn.request_id,
             model=route.backend_model,
-            messages=assemble_prompt(system_prompt, turn.messages),
+            messages=[] if raw_prompt else assemble_prompt(system_prompt, turn.messages),
+            prompt=turn.prompt,
+            prompt_ids=turn.prompt_ids,
             sampling=_merge_sampling(turn.sampling, route.agent.sampling_defaults),
             tools_json=turn.tools_json,
+            tool_choice=turn.tool_choice,
+            tool_name=turn.tool_name,
+            single_tool_call=turn.single_tool_call,
             history=[inference_pb2.HistoryTurn(seq=t.seq, messages=t.messages) for t in context.window],
             memories=[memory_line(m) for m in context.recalled],
         )
         texts: dict[int, list[str]] = {}
+        calls: dict[int, dict[str, Any]] = {}  # choice 0's tool calls, for the history
         finish: dict[int, str] = {}
         dropped = 0
         call = self._clients.inference.Generate()
@@ -229,16 +258,20 @@ class ChatPipeline:
                         route.agent.name, route.backend_model, reply.started.prompt_tokens, context.recall_skipped
                     )
                 elif kind == "delta":
-                    texts.setdefault(reply.delta.index, []).append(reply.delta.text)
-                    yield Delta(reply.delta.index, reply.delta.text, reply.delta.tokens)
+                    delta = reply.delta
+                    texts.setdefault(delta.index, []).append(delta.text)
+                    if delta.index == 0:
+                        merge_tool_calls(calls, delta.tool_calls)
+                    yield Delta(delta.index, delta.text, delta.tokens, delta.tool_calls, delta.logprobs)
                 elif kind == "choice_end":
                     finish[reply.choice_end.index] = reply.choice_end.finish_reason
                     yield ChoiceDone(reply.choice_end.index, reply.choice_end.finish_reason)
                 elif kind == "end":
                     if not reply.end.cancelled and finish.get(0) != "abort":
-                        self._remember(
-                            turn, "".join(texts.get(0, [])), window_after_trim(list(context.window), dropped)
-                        )
+                        reply_message = common_pb2.ChatMessage(role="assistant", content="".join(texts.get(0, [])))
+                        if calls:
+                            reply_message.tool_calls_json = json.dumps([calls[i] for i in sorted(calls)])
+                        self._remember(turn, reply_message, window_after_trim(list(context.window), dropped))
                     usage = reply.end.usage
                     yield Done(usage.prompt_tokens, usage.completion_tokens, finish)
                     return
@@ -248,12 +281,12 @@ class ChatPipeline:
             call.cancel()  # no-op when finished; aborts the engine request otherwise
         raise MeshError(grpc.StatusCode.INTERNAL, "inference stream ended without a result")
 
-    def _remember(self, turn: ChatTurn, reply: str, window_start: int) -> None:
+    def _remember(self, turn: ChatTurn, reply: common_pb2.ChatMessage, window_start: int) -> None:
         """Stores the finished turn in the background; the answer does not wait for it."""
-        if not turn.session_id:
+        if not turn.session_id or turn.prompt or turn.prompt_ids:
             return
         new = [m for m in turn.messages if not _is_system(m)]
-        new.append(common_pb2.ChatMessage(role="assistant", content=reply))
+        new.append(reply)
         request = memory_pb2.AppendRequest(
             tenant=turn.tenant,
             session_id=turn.session_id,

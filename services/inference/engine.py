@@ -13,7 +13,7 @@ import itertools
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -23,6 +23,7 @@ import grpc
 from services.common.errors import InvalidArgumentError, MeshError
 from services.inference.context import FittedPrompt, fit_prompt
 from services.inference.settings import InferenceSettings
+from services.inference.tools import ToolCalling, ToolCallPiece, parse_tool_calls, render_hermes, template_renders_tools
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,12 @@ class Sampling:
     json_schema: dict[str, Any] | None = None
     json_object: bool = False
     ignore_eos: bool = False
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    # None: no log probabilities; k: the sampled token's and the k most likely at each position.
+    logprobs: int | None = None
 
 
 @dataclass
@@ -54,6 +61,17 @@ class GenerationJob:
     memories: list[str] = field(default_factory=list)
     # Tokens kept for the completion when trimming without max_tokens; 0: the service default.
     completion_reserve: int = 0
+    # "" / "auto", "none", "required" or "function" (then tool_name); see tools.py.
+    tool_choice: str = ""
+    tool_name: str = ""
+    single_tool_call: bool = False
+    # The completions API: a raw prompt (text or token ids) instead of messages.
+    prompt: str = ""
+    prompt_ids: list[int] = field(default_factory=list)
+
+    @property
+    def raw_prompt(self) -> bool:
+        return bool(self.prompt or self.prompt_ids)
 
 
 @dataclass
@@ -65,10 +83,22 @@ class Started:
 
 
 @dataclass
+class TokenLogprob:
+    token: str
+    logprob: float
+    # The most likely tokens at this position, best first: (token, logprob).
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
 class Delta:
     index: int
     text: str
     tokens: int
+    tool_calls: list[ToolCallPiece] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    # The engine's token ids of `text` (tool parsers may read them); not sent on.
+    token_ids: Sequence[int] = ()
 
 
 @dataclass
@@ -143,8 +173,17 @@ class ChatTokenizer:
         from transformers import AutoTokenizer
 
         self._tokenizer = AutoTokenizer.from_pretrained(model_path)
+        # A template that ignores tools gets them written into the messages (tools.py).
+        self.renders_tools = template_renders_tools(self._tokenizer.chat_template)
+
+    @property
+    def hf(self) -> Any:
+        """The Hugging Face tokenizer itself (tool parsers take it)."""
+        return self._tokenizer
 
     def encode_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        if not self.renders_tools:
+            messages, tools = render_hermes(messages, tools), None
         tool_schemas: Any = tools  # JSON tool schemas; transformers also accepts Python callables here
         try:
             rendered: Any = self._tokenizer.apply_chat_template(
@@ -161,6 +200,14 @@ class ChatTokenizer:
     def count_text(self, text: str) -> int:
         return len(self._tokenizer.encode(text, add_special_tokens=False))
 
+    def encode_text(self, text: str) -> list[int]:
+        """A raw prompt (the completions API), with the model's special tokens as vLLM adds them."""
+        return [int(i) for i in self._tokenizer.encode(text)]
+
+    def raw_prompt(self, job: GenerationJob) -> FittedPrompt:
+        ids = list(job.prompt_ids) if job.prompt_ids else self.encode_text(job.prompt)
+        return FittedPrompt(ids, [], 0, 0)
+
 
 @dataclass(frozen=True)
 class PromptLimits:
@@ -169,6 +216,7 @@ class PromptLimits:
 
     completion_reserve: int = 512
     memory_cap_tokens: int = 256
+    tool_parser: str = "hermes"
 
 
 def fit_job(
@@ -293,6 +341,11 @@ class VllmEngine:
             structured = StructuredOutputsParams(json_object=True)
         return SamplingParams(
             n=sampling.n,
+            top_k=sampling.top_k if sampling.top_k is not None else 0,
+            min_p=sampling.min_p or 0.0,
+            repetition_penalty=1.0 if sampling.repetition_penalty is None else sampling.repetition_penalty,
+            logit_bias=sampling.logit_bias or None,
+            logprobs=sampling.logprobs,
             temperature=1.0 if sampling.temperature is None else sampling.temperature,
             top_p=1.0 if sampling.top_p is None else sampling.top_p,
             max_tokens=max_tokens,
@@ -325,13 +378,31 @@ class VllmEngine:
             async for output in stream:
                 for choice in output.outputs:
                     completion_tokens += len(choice.token_ids)
-                    if choice.text:
-                        yield Delta(choice.index, choice.text, len(choice.token_ids))
+                    logprobs = _logprobs(choice, job.sampling.logprobs) if job.sampling.logprobs is not None else []
+                    if choice.text or logprobs:
+                        yield Delta(choice.index, choice.text, len(choice.token_ids), [], logprobs, choice.token_ids)
                     if choice.finish_reason is not None:
                         yield ChoiceEnd(choice.index, choice.finish_reason)
             yield End(len(prompt_ids), completion_tokens)
         finally:
             self.load.outstanding -= 1
+
+
+def _logprobs(choice: Any, top: int) -> list[TokenLogprob]:
+    """OpenAI's per-token log probabilities from vLLM's (a dict per position, token id -> Logprob,
+    holding the sampled token and the `top` most likely)."""
+    out = []
+    for token_id, position in zip(choice.token_ids, choice.logprobs or (), strict=False):
+        sampled = position[token_id]
+        ranked = sorted(position.values(), key=lambda p: p.rank or 0)[:top] if top else []
+        out.append(
+            TokenLogprob(
+                sampled.decoded_token or "",
+                max(float(sampled.logprob), -9999.0),
+                [(p.decoded_token or "", max(float(p.logprob), -9999.0)) for p in ranked],
+            )
+        )
+    return out
 
 
 def detect_devices(setting: str) -> list[str]:
@@ -367,6 +438,7 @@ class EnginePool:
         self.tokenizer = tokenizer
         self.engines = engines
         self.limits = limits or PromptLimits()
+        self.tools = ToolCalling(self.limits.tool_parser, tokenizer.hf)
 
     @classmethod
     def start(cls, settings: InferenceSettings, model_path: Path) -> EnginePool:
@@ -375,7 +447,7 @@ class EnginePool:
         devices = detect_devices(settings.devices)
         log.info("starting engines", extra={"devices": devices, "model": str(model_path)})
         engines = [VllmEngine(f"engine-{i}", device, model_path, settings) for i, device in enumerate(devices)]
-        limits = PromptLimits(settings.completion_reserve_tokens, settings.recall_max_tokens)
+        limits = PromptLimits(settings.completion_reserve_tokens, settings.recall_max_tokens, settings.tool_parser)
         return cls(settings.served_model_name, model_path, ChatTokenizer(model_path), engines, limits)
 
     @property
@@ -405,16 +477,31 @@ class EnginePool:
     async def generate(self, job: GenerationJob) -> AsyncIterator[Event]:
         self._check_model(job.model)
         tokenizer = self.tokenizer
+        plan = plan_tools(self.tools, job)
         # Tokenizing and templating are CPU work: off the event loop.
-        prompt = await asyncio.to_thread(
-            fit_job, job, tokenizer.encode_chat, tokenizer.count_text, self.context_length, self.limits
-        )
+        if job.raw_prompt:
+            prompt = await asyncio.to_thread(tokenizer.raw_prompt, job)
+        else:
+            prompt = await asyncio.to_thread(
+                fit_job, job, tokenizer.encode_chat, tokenizer.count_text, self.context_length, self.limits
+            )
         engine = min(self.engines, key=lambda e: e.load.outstanding)
-        async for event in engine.generate(job, prompt):
+        events = engine.generate(job, prompt)
+        async for event in parse_tool_calls(plan, events) if plan else events:
             yield event
 
     def load(self) -> list[LoadFigures]:
         return [engine.load for engine in self.engines]
+
+
+def plan_tools(tools: ToolCalling, job: GenerationJob) -> Any:
+    """The job's ToolPlan (None without tools); a forced choice constrains the output."""
+    plan = tools.plan(job.tools, job.tool_choice, job.tool_name, job.single_tool_call)
+    if plan is not None and plan.schema is not None:
+        if job.sampling.json_schema is not None or job.sampling.json_object:
+            raise InvalidArgumentError("response_format cannot be combined with a forced tool_choice", "tool_choice")
+        job.sampling.json_schema = plan.schema
+    return plan
 
 
 def parse_schema(text: str) -> dict[str, Any] | None:

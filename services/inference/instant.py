@@ -4,7 +4,9 @@ It exists to measure what the mesh itself costs (Envoy, gateway, router, memory,
 hops and the token relay) with the engine's time taken out. It is never the default: it runs
 only when ``LLMMESH_INFERENCE_BACKEND=instant`` is set, which `make bench` does for its
 "hops" benchmark. Each completion token is the text " tok"; a prompt counts one token per
-whitespace-separated word.
+whitespace-separated word. In-process tests may set `script`: every choice then streams that
+text, word by word, and stops, so what the mesh does with a model's output (tool-call
+parsing, for one) runs on a known output.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ from services.inference.engine import (
     LoadFigures,
     PromptLimits,
     Started,
+    TokenLogprob,
     context_length_error,
     fit_job,
+    plan_tools,
     unknown_model_error,
 )
+from services.inference.tools import ToolCalling, parse_tool_calls
 
 INSTANT_CONTEXT = 1 << 20
 DEFAULT_TOKENS = 16
@@ -50,8 +55,12 @@ class InstantBackend:
         self._context_length = context_length
         self._limits = limits or PromptLimits()
         self._load = LoadFigures(engine="instant-0", model=model_name, device="none")
+        self._tools = ToolCalling(self._limits.tool_parser, tokenizer.hf if tokenizer else None)
         # The last prompt generated for, so in-process tests can see what the model got.
         self.last_prompt: list[dict[str, Any]] = []
+        self.last_prompt_ids: list[int] = []
+        # Set by in-process tests: the text every choice answers (see the module docstring).
+        self.script: str | None = None
 
     @property
     def source(self) -> str:
@@ -81,22 +90,48 @@ class InstantBackend:
     async def generate(self, job: GenerationJob) -> AsyncIterator[Event]:
         if job.model != self.model_name:
             raise unknown_model_error(job.model)
-        prompt = fit_job(job, self._encode, self._count_text, self._context_length, self._limits)
-        prompt_tokens = len(prompt.ids)
+        plan = plan_tools(self._tools, job) if self._tokenizer is not None else None
+        events = self._generate(job)
+        async for event in parse_tool_calls(plan, events) if plan else events:
+            yield event
+
+    def _prompt_ids(self, job: GenerationJob) -> list[int]:
+        if job.prompt_ids:
+            return list(job.prompt_ids)
+        if self._tokenizer is not None:
+            return self._tokenizer.encode_text(job.prompt)
+        return [0] * len(job.prompt.split())
+
+    async def _generate(self, job: GenerationJob) -> AsyncIterator[Event]:
+        if job.raw_prompt:
+            prompt_ids, dropped, memories_used = self._prompt_ids(job), 0, 0
+            self.last_prompt = []
+        else:
+            prompt = fit_job(job, self._encode, self._count_text, self._context_length, self._limits)
+            prompt_ids, dropped, memories_used = prompt.ids, prompt.dropped_turns, prompt.memories_used
+            self.last_prompt = prompt.messages
+        self.last_prompt_ids = prompt_ids
+        prompt_tokens = len(prompt_ids)
         wanted = job.sampling.max_tokens or DEFAULT_TOKENS
         if prompt_tokens + wanted > self._context_length:
             raise context_length_error(prompt_tokens, job.sampling.max_tokens, self._context_length)
-        self.last_prompt = prompt.messages
+        if self.script is not None:
+            words = [w for w in self.script.split(" ")]
+            pieces = [w if i == 0 else " " + w for i, w in enumerate(words)][:wanted]
+            finish = "stop" if len(words) <= wanted else "length"
+        else:
+            pieces, finish = [" tok"] * wanted, "length"
         self._load.outstanding += 1
         try:
-            yield Started(prompt_tokens, self._load.engine, prompt.dropped_turns, prompt.memories_used)
+            yield Started(prompt_tokens, self._load.engine, dropped, memories_used)
             for index in range(job.sampling.n):
-                for produced in range(wanted):
-                    yield Delta(index, " tok", 1)
+                for produced, piece in enumerate(pieces):
+                    logprobs = [TokenLogprob(piece, -0.5, [(piece, -0.5)] * (job.sampling.logprobs or 0))]
+                    yield Delta(index, piece, 1, logprobs=logprobs if job.sampling.logprobs is not None else [])
                     if produced % _YIELD_EVERY == _YIELD_EVERY - 1:
                         await asyncio.sleep(0)
-                yield ChoiceEnd(index, "length")
-            yield End(prompt_tokens, wanted * job.sampling.n)
+                yield ChoiceEnd(index, finish)
+            yield End(prompt_tokens, len(pieces) * job.sampling.n)
         finally:
             self._load.outstanding -= 1
 

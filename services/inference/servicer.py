@@ -54,12 +54,18 @@ def to_sampling(params: common_pb2.SamplingParams) -> Sampling:
         json_schema=parse_schema(params.json_schema),
         json_object=params.json_object,
         ignore_eos=params.ignore_eos,
+        top_k=opt("top_k"),
+        min_p=opt("min_p"),
+        repetition_penalty=opt("repetition_penalty"),
+        logit_bias=dict(params.logit_bias),
+        logprobs=opt("logprobs"),
     )
 
 
 def to_job(start: inference_pb2.StartGeneration) -> GenerationJob:
-    if not start.messages:
-        raise InvalidArgumentError("messages must not be empty", "messages")
+    raw_prompt = bool(start.prompt or start.prompt_ids)
+    if raw_prompt == bool(start.messages):
+        raise InvalidArgumentError("exactly one of messages and prompt must be given", "messages")
     if start.completion_reserve < 0:
         raise InvalidArgumentError("completion_reserve must not be negative")
     return GenerationJob(
@@ -71,6 +77,11 @@ def to_job(start: inference_pb2.StartGeneration) -> GenerationJob:
         history=[[to_openai(m) for m in turn.messages] for turn in start.history],
         memories=list(start.memories),
         completion_reserve=start.completion_reserve,
+        tool_choice=start.tool_choice,
+        tool_name=start.tool_name,
+        single_tool_call=start.single_tool_call,
+        prompt=start.prompt,
+        prompt_ids=list(start.prompt_ids),
     )
 
 
@@ -86,7 +97,23 @@ def _end(prompt_tokens: int, completion_tokens: int, cancelled: bool = False) ->
 def to_response(event: Event) -> inference_pb2.GenerateResponse:
     if isinstance(event, Delta):
         return inference_pb2.GenerateResponse(
-            delta=inference_pb2.TextDelta(index=event.index, text=event.text, tokens=event.tokens)
+            delta=inference_pb2.TextDelta(
+                index=event.index,
+                text=event.text,
+                tokens=event.tokens,
+                tool_calls=[
+                    inference_pb2.ToolCallDelta(index=c.index, id=c.id, name=c.name, arguments=c.arguments)
+                    for c in event.tool_calls
+                ],
+                logprobs=[
+                    inference_pb2.TokenLogprob(
+                        token=p.token,
+                        logprob=p.logprob,
+                        top=[inference_pb2.TopLogprob(token=t, logprob=lp) for t, lp in p.top],
+                    )
+                    for p in event.logprobs
+                ],
+            )
         )
     if isinstance(event, Started):
         return inference_pb2.GenerateResponse(
@@ -110,16 +137,19 @@ def _coalesce(first: Delta, queue: asyncio.Queue[Any]) -> tuple[Delta, Any]:
     At engine speed the queue holds one delta and it goes out at once; when the client side
     is slower than the engine, one message carries several tokens instead of queueing them.
     Returns the merged delta and the first item that did not merge (or None)."""
-    texts, tokens = [first.text], first.tokens
+    texts, tokens, calls, logprobs = [first.text], first.tokens, list(first.tool_calls), list(first.logprobs)
     while True:
         try:
             item = queue.get_nowait()
         except asyncio.QueueEmpty:
-            return Delta(first.index, "".join(texts), tokens), None
-        if not (isinstance(item, Delta) and item.index == first.index):
-            return Delta(first.index, "".join(texts), tokens), item
+            return Delta(first.index, "".join(texts), tokens, calls, logprobs), None
+        # Text after a tool-call piece stays a message of its own, so the order holds.
+        if not (isinstance(item, Delta) and item.index == first.index) or (calls and item.text):
+            return Delta(first.index, "".join(texts), tokens, calls, logprobs), item
         texts.append(item.text)
         tokens += item.tokens
+        calls.extend(item.tool_calls)
+        logprobs.extend(item.logprobs)
 
 
 MAX_EMBED_TEXTS = 2048

@@ -38,6 +38,9 @@ class InferenceSettings(ServiceSettings):
     # The embedding model (all-MiniLM-L6-v2, packaged); off: no Embed RPC (and no recall).
     embeddings: bool = True
     seed: int = 0
+    # vLLM's tool parser for tool_choice "auto" (the model's own format; "hermes" reads the
+    # <tool_call> blocks llmmesh renders for templates without tool support).
+    tool_parser: str = "hermes"
     # "vllm"; or "instant": a benchmark-only backend that answers at once with no model
     # (see services/inference/instant.py). Never use it to serve users.
     backend: Literal["vllm", "instant"] = "vllm"

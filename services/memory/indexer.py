@@ -56,6 +56,8 @@ class Indexer:
                 while True:
                     await self.step(block_ms=1000)
                     backoff = 0.5
+                    # The client may also swallow the cancellation and retry the read.
+                    _stop_if_cancelled()
             except asyncio.CancelledError:
                 raise
             except (redis.ConnectionError, redis.TimeoutError) as exc:

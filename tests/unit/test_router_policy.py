@@ -223,4 +223,4 @@ def test_shipped_agent_sampling_defaults_fit_the_proto() -> None:
 
 def test_unknown_sampling_default_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown sampling defaults"):
-        _sampling({"temperature": 0.5, "top_k": 40})
+        _sampling({"temperature": 0.5, "top_kk": 40})
