@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from services.stack.launcher import REPO, RunningStack, background_stack
 
-PORT_OFFSET = 30000  # keeps the suite clear of a `make run` on the default ports
+# Keeps the suite clear of a `make run` on the default ports (and of another run of the suite).
+PORT_OFFSET = int(os.environ.get("LLMMESH_TEST_PORT_OFFSET", "30000"))
 MODEL = "smollm2-135m-instruct"
 
 Stack = RunningStack
