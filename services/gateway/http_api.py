@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.context import REQUEST_ID_HEADER, new_request_id, request_id_var
 from services.common.errors import MeshError
-from services.gateway import chat, completions, embeddings, models, sessions, usage
+from services.gateway import chat, completions, embeddings, models, openapi, sessions, usage
 from services.gateway.auth import Authenticator, Caller
 from services.gateway.clients import MeshClients
 from services.gateway.errors import APIError
@@ -39,7 +39,9 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first = exc.errors()[0] if exc.errors() else {}
     if first.get("type") == "json_invalid":
         return "We could not parse the JSON body of your request: it is not valid JSON.", None
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query")]
+    loc = [str(p) for p in first.get("loc", ())]
+    if loc and loc[0] in ("body", "query", "header", "path"):
+        loc = loc[1:]  # where it came from; the param is what follows
     param = ".".join(loc) or None
     if first.get("type") == "missing":
         return f"Missing required parameter: '{param}'.", param
@@ -144,6 +146,7 @@ def create_app(
 ) -> FastAPI:
     app = FastAPI(title="llmmesh", version="0.1.0", description="OpenAI-compatible chat API of the llmmesh mesh.")
 
+    openapi.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)  # outermost: even a 413 carries the request id
 

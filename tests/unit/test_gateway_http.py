@@ -99,3 +99,34 @@ def test_a_body_under_the_limit_goes_on_to_validation(small_client: TestClient) 
     response = small_client.post("/v1/chat/completions", json={"model": "m"})
 
     assert response.status_code == 400
+
+
+async def test_the_openapi_document_declares_the_errors_as_answered(mesh: Any) -> None:
+    doc = (await mesh.http.get("/openapi.json")).json()
+
+    operations = [(path, method, op) for path, ops in doc["paths"].items() for method, op in ops.items()]
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/usage"} <= set(doc["paths"])
+    for path, method, op in operations:
+        assert "422" not in op["responses"], (path, method)  # a bad request is a 400 here
+        for status in ("400", "401", "500", "503"):
+            schema = op["responses"][status]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (path, method, status)
+    assert set(doc["components"]["schemas"]["ErrorDetail"]["properties"]) == {"message", "type", "param", "code"}
+    assert doc["security"] == [{"bearer": []}]
+    chat = doc["paths"]["/v1/chat/completions"]["post"]["responses"]
+    assert {"403", "404", "413", "429"} <= set(chat)
+    assert "text/event-stream" in chat["200"]["content"]
+
+
+async def test_a_validation_error_names_the_param_wherever_it_came_from(mesh: Any) -> None:
+    body_field = await mesh.http.post("/v1/memories/search", json={"query": 5})
+    header = await mesh.http.post(
+        "/v1/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"X-Session-Id": "bad id!"},
+    )
+
+    assert body_field.status_code == 400
+    assert body_field.json()["error"]["param"] == "query"
+    assert header.status_code == 400
+    assert header.json()["error"]["param"] == "X-Session-Id"

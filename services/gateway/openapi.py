@@ -1,0 +1,85 @@
+"""The OpenAPI document as the gateway really answers: every error in OpenAI's shape with the
+status it is given (400 for a bad request, never FastAPI's 422), and Bearer authentication."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error object."""
+
+    error: ErrorDetail
+
+
+_WHY = {
+    "400": "The request is invalid; `param` names what is wrong.",
+    "401": "No API key, or not a valid one.",
+    "403": "The API key may not use this model.",
+    "404": "No such model, session or memory (for this tenant).",
+    "409": "A session with this id already exists.",
+    "413": "The request body is larger than the limit.",
+    "429": "A limit of the API key was reached; `Retry-After` says when to retry.",
+    "500": "A bug; the message carries no internals.",
+    "503": "A dependency is down; `Retry-After` says when to retry.",
+}
+_GENERATION = ("/v1/chat/completions", "/v1/completions")
+_SSE = {
+    "schema": {
+        "type": "string",
+        "description": "With `stream: true`: `data: <chunk JSON>` events, an error event in OpenAI's shape "
+        "if the generation fails after the first byte, then `data: [DONE]`.",
+    }
+}
+
+
+def _statuses(path: str, method: str) -> list[str]:
+    statuses = ["400", "401", "500", "503"]
+    if method in ("post", "patch"):
+        statuses.append("413")
+    if path in _GENERATION:
+        statuses += ["403", "404", "429"]
+    elif "{" in path or path in ("/v1/embeddings", "/v1/memories/search"):
+        statuses.append("404")
+    if path == "/v1/sessions" and method == "post":
+        statuses.append("409")
+    return sorted(statuses)
+
+
+def install(app: FastAPI) -> None:
+    """Replaces the app's OpenAPI generator with one that declares the real error responses."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+            schemas["ErrorResponse"] = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schemas["ErrorResponse"].pop("$defs", {}))
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            doc["security"] = [{"bearer": []}]
+            error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+            for path, operations in doc["paths"].items():
+                for method, operation in operations.items():
+                    responses = operation.setdefault("responses", {})
+                    responses.pop("422", None)
+                    for status in _statuses(path, method):
+                        responses[status] = {"description": _WHY[status], "content": error}
+                    if path in _GENERATION:
+                        responses["200"].setdefault("content", {})["text/event-stream"] = _SSE
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
