@@ -209,3 +209,30 @@ def test_completions_json_and_stream(client: openai.OpenAI) -> None:
     whole = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=4, temperature=0)
 
     assert streamed == whole.choices[0].text
+
+
+def test_n_seed_stop_max_completion_tokens_and_penalties(client: openai.OpenAI) -> None:
+    def ask(**extra: Any) -> Any:
+        return client.chat.completions.create(model=MODEL, messages=QUESTION, **extra)
+
+    sampled = [ask(n=2, seed=7, temperature=1.0, max_tokens=8) for _ in range(2)]
+    assert [c.message.content for c in sampled[0].choices] == [c.message.content for c in sampled[1].choices]
+    assert len(sampled[0].choices) == 2
+
+    greedy = ask(temperature=0, max_tokens=24, user="surface-test-user").choices[0].message.content or ""
+    word = greedy.split()[2]
+    stopped = ask(temperature=0, max_tokens=24, stop=[word]).choices[0]
+    assert stopped.finish_reason == "stop"
+    assert stopped.message.content == greedy[: greedy.index(word)]
+
+    short = ask(temperature=0, max_completion_tokens=3)
+    assert short.usage is not None
+    assert short.usage.completion_tokens == 3
+    assert short.choices[0].finish_reason == "length"
+
+    repeat: Any = [{"role": "user", "content": "Say the word cat twenty times."}]
+    plain = client.chat.completions.create(model=MODEL, messages=repeat, temperature=0, max_tokens=24)
+    penalised = client.chat.completions.create(
+        model=MODEL, messages=repeat, temperature=0, max_tokens=24, frequency_penalty=2.0, presence_penalty=2.0
+    )
+    assert penalised.choices[0].message.content != plain.choices[0].message.content
