@@ -47,6 +47,8 @@ class Sampling:
     logit_bias: dict[int, float] = field(default_factory=dict)
     # None: no log probabilities; k: the sampled token's and the k most likely at each position.
     logprobs: int | None = None
+    # Structured output without optional whitespace (tool calls: fewer tokens, same JSON).
+    compact_json: bool = False
 
 
 @dataclass
@@ -336,7 +338,9 @@ class VllmEngine:
 
         structured = None
         if sampling.json_schema is not None:
-            structured = StructuredOutputsParams(json=sampling.json_schema)
+            structured = StructuredOutputsParams(
+                json=sampling.json_schema, disable_any_whitespace=sampling.compact_json
+            )
         elif sampling.json_object:
             structured = StructuredOutputsParams(json_object=True)
         return SamplingParams(
@@ -501,6 +505,7 @@ def plan_tools(tools: ToolCalling, job: GenerationJob) -> Any:
         if job.sampling.json_schema is not None or job.sampling.json_object:
             raise InvalidArgumentError("response_format cannot be combined with a forced tool_choice", "tool_choice")
         job.sampling.json_schema = plan.schema
+        job.sampling.compact_json = True
     return plan
 
 

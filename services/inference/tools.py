@@ -190,10 +190,15 @@ class ChoiceToolOutput:
         return "", pieces
 
     def _finish_required(self) -> tuple[str, list[ToolCallPiece]]:
+        from partial_json_parser import Allow, loads
+
         try:
-            calls = json.loads(self.text)
-        except json.JSONDecodeError:
-            return self.text, []  # cut short (max_tokens): the partial output, as text
+            # Cut short (max_tokens), the array still holds the calls that were complete.
+            calls = loads(self.text, Allow.ARR)
+        except Exception:  # noqa: BLE001 - not even the array's start: the output, as text
+            return self.text, []
+        if not isinstance(calls, list) or not calls:
+            return self.text, []
         pieces = [
             ToolCallPiece(i, self.plan._ids(), str(c.get("name", "")), json.dumps(c.get("parameters", {})))
             for i, c in enumerate(calls[: 1 if self.plan.single else None])

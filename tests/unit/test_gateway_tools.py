@@ -236,3 +236,13 @@ async def test_sampling_extras_and_logit_bias_reach_the_engine(mesh: Mesh, sdk: 
     (sampling,) = seen
     assert (sampling.top_k, round(sampling.min_p, 3), round(sampling.repetition_penalty, 3)) == (5, 0.1, 1.2)
     assert sampling.logit_bias == {42: -100.0}
+
+
+async def test_a_required_array_cut_short_keeps_its_complete_calls(mesh: Mesh, sdk: openai.AsyncOpenAI) -> None:
+    mesh.backend.script = '[{"name": "get_time", "parameters": {"zone": "UTC"}}, {"name": "get_ti'
+
+    reply = await sdk.chat.completions.create(**_ask(tools=[WEATHER, TIME], tool_choice="required", max_tokens=64))
+
+    (call,) = reply.choices[0].message.tool_calls or []
+    assert call.function.name == "get_time"
+    assert json.loads(call.function.arguments) == {"zone": "UTC"}
