@@ -48,18 +48,28 @@ def llmmesh_stack(run_dir: Path, port_offset: int, **env: str) -> Iterator[Runni
         yield stack
 
 
+_ENGINE_VARIABLES = (
+    "VLLM_CPU_OMP_THREADS_BIND",
+    "VLLM_CPU_NUM_OF_RESERVED_CPU",
+    "OMP_NUM_THREADS",
+    "VLLM_CPU_KVCACHE_SPACE",
+)
+
+
 @contextlib.contextmanager
-def vllm_server(model_path: Path, port: int, run_dir: Path) -> Iterator[str]:
-    """vLLM's own OpenAI server on the same model and engine settings as llmmesh's inference."""
+def vllm_server(model_path: Path, port: int, run_dir: Path, engine_env: dict[str, str], name: str) -> Iterator[str]:
+    """vLLM's own OpenAI server on the same model and serving settings as llmmesh's inference;
+    `engine_env` holds its CPU engine's settings (vLLM's VLLM_CPU_* variables)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    log = run_dir / "vllm-server.log"
+    log = run_dir / f"{name}.log"
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_path), "--served-model-name", MODEL,
         "--dtype", "float32", "--enforce-eager", "--max-num-seqs", "64",
         "--host", "127.0.0.1", "--port", str(port), "--disable-log-stats",
     ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "2"}
+    inherited = {k: v for k, v in os.environ.items() if k not in _ENGINE_VARIABLES}
+    env = {**inherited, "HF_HUB_OFFLINE": "1", **engine_env}
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"

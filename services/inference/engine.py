@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol
 import grpc
 
 from services.common.errors import InvalidArgumentError, MeshError
+from services.inference import sizing
 from services.inference.context import FittedPrompt, fit_prompt
 from services.inference.settings import InferenceSettings
 from services.inference.tools import ToolCalling, ToolCallPiece, parse_tool_calls, render_hermes, template_renders_tools
@@ -446,9 +447,15 @@ class EnginePool:
 
     @classmethod
     def start(cls, settings: InferenceSettings, model_path: Path) -> EnginePool:
-        if settings.devices in ("auto", "cpu"):
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kv_cache_gib))
         devices = detect_devices(settings.devices)
+        if devices == ["cpu"]:
+            plan = sizing.plan_cpu_engine(
+                sizing.Machine.detect(),
+                settings.cpu_threads_bind,
+                settings.cpu_reserved_cores,
+                settings.cpu_kv_cache_gib,
+            )
+            log.info("CPU engine sized to the machine", extra={"engine_env": sizing.apply(plan)})
         log.info("starting engines", extra={"devices": devices, "model": str(model_path)})
         engines = [VllmEngine(f"engine-{i}", device, model_path, settings) for i, device in enumerate(devices)]
         limits = PromptLimits(settings.completion_reserve_tokens, settings.recall_max_tokens, settings.tool_parser)

@@ -26,8 +26,13 @@ class InferenceSettings(ServiceSettings):
     dtype: str = "auto"
     # Context length; 0: the model's own.
     max_model_len: int = 0
-    # KV cache size on the CPU (GiB) and share of GPU memory on GPUs.
-    cpu_kv_cache_gib: int = 2
+    # The CPU engine (see services/inference/sizing.py): its OpenMP threads' cores ("auto":
+    # every core this process may use, or vLLM's syntax "0-3,6"), cores kept out of them, and
+    # its KV cache (GiB; 0: a quarter of the memory available at start, 1..64).
+    cpu_threads_bind: str = "auto"
+    cpu_reserved_cores: int = Field(default=0, ge=0)
+    cpu_kv_cache_gib: int = Field(default=0, ge=0)
+    # Share of GPU memory an engine takes on a GPU.
     gpu_memory_utilization: float = 0.85
     max_num_seqs: int = 64
     # Tokens kept free for the completion when a conversation is trimmed to fit and the

@@ -1,0 +1,57 @@
+"""The CPU engine's plan from the machine: every allowed core, none reserved, a share of memory
+for the KV cache; settings and the operator's environment win."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.inference.sizing import GIB, Machine, apply, core_ranges, count_cores, plan_cpu_engine
+
+
+@pytest.mark.parametrize(
+    ("cpus", "bind"), [((0,), "0"), ((0, 1), "0-1"), ((0, 1, 2, 3, 6, 8, 9), "0-3,6,8-9"), ((5, 3, 4), "3-5")]
+)
+def test_core_ranges_round_trip(cpus: tuple[int, ...], bind: str) -> None:
+    assert core_ranges(cpus) == bind
+    assert count_cores(bind) == len(set(cpus))
+
+
+def test_auto_takes_every_allowed_core_and_a_quarter_of_free_memory() -> None:
+    plan = plan_cpu_engine(Machine(cpus=(2, 3), available_memory=24 * GIB))
+
+    assert (plan.bind, plan.threads, plan.reserved, plan.kv_cache_gib) == ("2-3", 2, 0, 6)
+    assert plan.env() == {
+        "VLLM_CPU_OMP_THREADS_BIND": "2-3",
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+        "OMP_NUM_THREADS": "2",
+        "VLLM_CPU_KVCACHE_SPACE": "6",
+    }
+
+
+def test_the_kv_cache_stays_within_bounds() -> None:
+    assert plan_cpu_engine(Machine((0,), GIB)).kv_cache_gib == 1
+    assert plan_cpu_engine(Machine((0,), 1024 * GIB)).kv_cache_gib == 64
+
+
+def test_settings_override_the_plan() -> None:
+    plan = plan_cpu_engine(Machine((0, 1, 2, 3), 8 * GIB), bind="0-2", reserved=1, kv_cache_gib=3)
+
+    assert (plan.bind, plan.threads, plan.reserved, plan.kv_cache_gib) == ("0-2", 3, 1, 3)
+
+
+def test_the_operators_environment_wins() -> None:
+    environ = {"VLLM_CPU_OMP_THREADS_BIND": "0", "OMP_NUM_THREADS": "1"}
+
+    used = apply(plan_cpu_engine(Machine((0, 1), 8 * GIB)), environ)
+
+    assert used["VLLM_CPU_OMP_THREADS_BIND"] == "0"
+    assert used["OMP_NUM_THREADS"] == "1"
+    assert used["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert environ["VLLM_CPU_KVCACHE_SPACE"] == "2"
+
+
+def test_the_machine_is_detected() -> None:
+    machine = Machine.detect()
+
+    assert machine.cpus
+    assert machine.available_memory > 0
