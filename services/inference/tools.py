@@ -108,7 +108,8 @@ class ToolPlan:
     request: Any = None
     parser_class: Any = None
     tokenizer: Any = None
-    _ids: Callable[[], str] = field(default=lambda: "")
+    # Makes the id of a new call (vLLM's `chatcmpl-tool-<random>`).
+    new_id: Callable[[], str] = field(default=lambda: "")
 
     def output(self) -> ChoiceToolOutput:
         return ChoiceToolOutput(self)
@@ -132,19 +133,20 @@ class ChoiceToolOutput:
         return self.calls > 0
 
     def feed(self, text: str, token_ids: Sequence[int] = ()) -> tuple[str, list[ToolCallPiece]]:
-        previous, previous_ids = self.text, list(self._token_ids)
+        previous = self.text
         self.text += text
-        self._token_ids.extend(token_ids)
         mode = self.plan.mode
         if mode == "none":
             return text, []
         if mode == "function":
             if not self.calls:
                 self.calls = 1
-                return "", [ToolCallPiece(0, self.plan._ids(), self.plan.name, text)]
+                return "", [ToolCallPiece(0, self.plan.new_id(), self.plan.name, text)]
             return "", [ToolCallPiece(0, arguments=text)] if text else []
         if mode == "required":
             return "", []  # one JSON array: parsed when complete
+        previous_ids = list(self._token_ids)  # only a parser reads ids: copied for it alone
+        self._token_ids.extend(token_ids)
         delta = self._parser.extract_tool_calls_streaming(
             previous, self.text, text, previous_ids, self._token_ids, list(token_ids), self.plan.request
         )
@@ -182,7 +184,7 @@ class ChoiceToolOutput:
             sent = self._args_sent.get(index)
             if sent is None:
                 pieces.append(
-                    ToolCallPiece(index, call.id or self.plan._ids(), call.function.name, call.function.arguments)
+                    ToolCallPiece(index, call.id or self.plan.new_id(), call.function.name, call.function.arguments)
                 )
             elif call.function.arguments.startswith(sent) and call.function.arguments != sent:
                 pieces.append(ToolCallPiece(index, arguments=call.function.arguments[len(sent) :]))
@@ -200,7 +202,7 @@ class ChoiceToolOutput:
         if not isinstance(calls, list) or not calls:
             return self.text, []
         pieces = [
-            ToolCallPiece(i, self.plan._ids(), str(c.get("name", "")), json.dumps(c.get("parameters", {})))
+            ToolCallPiece(i, self.plan.new_id(), str(c.get("name", "")), json.dumps(c.get("parameters", {})))
             for i, c in enumerate(calls[: 1 if self.plan.single else None])
             if isinstance(c, dict)
         ]
@@ -241,8 +243,9 @@ class ToolCalling:
         except ValidationError as exc:
             first = exc.errors()[0]
             raise _invalid(f"invalid tools: {first.get('msg', 'invalid')}") from None
-        plan = ToolPlan(mode, name=name, single=single, request=request, tokenizer=self._tokenizer)
-        plan._ids = make_tool_call_id
+        plan = ToolPlan(
+            mode, name=name, single=single, request=request, tokenizer=self._tokenizer, new_id=make_tool_call_id
+        )
         if mode in ("function", "required"):
             try:
                 forced: Any = request.tool_choice
