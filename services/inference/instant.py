@@ -7,12 +7,18 @@ only when ``LLMMESH_INFERENCE_BACKEND=instant`` is set, which `make bench` does 
 whitespace-separated word. In-process tests may set `script`: every choice then streams that
 text, word by word, and stops, so what the mesh does with a model's output (tool-call
 parsing, for one) runs on a known output.
+
+`Pacing` makes it a stand-in for a fast engine (an H100-class one, say) instead: a time to first
+token, a rate per stream, and a number of streams generating at once (the rest wait, as requests
+queue in an engine). Tokens that fall due go out once per tick, as an engine's step would send
+them, so the mesh can be measured at GPU speed on a machine without one.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from services.inference.engine import (
@@ -34,6 +40,20 @@ from services.inference.engine import (
 from services.inference.tools import ToolCalling, parse_tool_calls
 
 INSTANT_CONTEXT = 1 << 20
+
+
+@dataclass(frozen=True)
+class Pacing:
+    tokens_per_s: float = 0.0  # per stream; 0: as fast as possible (no pacing)
+    ttft_ms: float = 0.0
+    max_streams: int = 0  # streams generating at once; 0: no limit
+    tick_s: float = 0.01
+
+    @property
+    def paced(self) -> bool:
+        return self.tokens_per_s > 0
+
+
 DEFAULT_TOKENS = 16
 # Yield to the event loop every this many tokens, so one long stream cannot starve the others.
 _YIELD_EVERY = 64
@@ -49,8 +69,11 @@ class InstantBackend:
         tokenizer: ChatTokenizer | None = None,
         context_length: int = INSTANT_CONTEXT,
         limits: PromptLimits | None = None,
+        pacing: Pacing | None = None,
     ) -> None:
         self.model_name = model_name
+        self._pacing = pacing or Pacing()
+        self._slots = asyncio.Semaphore(self._pacing.max_streams) if self._pacing.max_streams else None
         self._tokenizer = tokenizer
         self._context_length = context_length
         self._limits = limits or PromptLimits()
@@ -124,6 +147,10 @@ class InstantBackend:
         self._load.outstanding += 1
         try:
             yield Started(prompt_tokens, self._load.engine, dropped, memories_used)
+            if self._pacing.paced:
+                async for event in self._paced(job, pieces, finish, prompt_tokens):
+                    yield event
+                return
             for index in range(job.sampling.n):
                 for produced, piece in enumerate(pieces):
                     logprobs = [TokenLogprob(piece, -0.5, [(piece, -0.5)] * (job.sampling.logprobs or 0))]
@@ -134,6 +161,38 @@ class InstantBackend:
             yield End(prompt_tokens, len(pieces) * job.sampling.n)
         finally:
             self._load.outstanding -= 1
+
+    async def _paced(
+        self, job: GenerationJob, pieces: list[str], finish: str, prompt_tokens: int
+    ) -> AsyncIterator[Event]:
+        """Every choice at the paced rate, after the time to first token, within the stream slots."""
+        pacing, loop = self._pacing, asyncio.get_running_loop()
+        if self._slots is not None:
+            self._load.waiting += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self._load.waiting -= 1
+        self._load.running += 1
+        try:
+            await asyncio.sleep(pacing.ttft_ms / 1000)
+            start, sent = loop.time(), 0
+            while sent < len(pieces):
+                due = min(len(pieces), 1 + int((loop.time() - start) * pacing.tokens_per_s))
+                if due > sent:
+                    text = "".join(pieces[sent:due])
+                    for index in range(job.sampling.n):
+                        yield Delta(index, text, due - sent)
+                    sent = due
+                if sent < len(pieces):
+                    await asyncio.sleep(pacing.tick_s)
+            for index in range(job.sampling.n):
+                yield ChoiceEnd(index, finish)
+            yield End(prompt_tokens, len(pieces) * job.sampling.n)
+        finally:
+            self._load.running -= 1
+            if self._slots is not None:
+                self._slots.release()
 
     def load(self) -> list[LoadFigures]:
         return [self._load]

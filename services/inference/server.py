@@ -11,7 +11,7 @@ from services.common.errors import MeshError
 from services.common.server import ServiceSpec, serve
 from services.inference.embedder import Embedder
 from services.inference.engine import Backend, EnginePool
-from services.inference.instant import InstantBackend
+from services.inference.instant import InstantBackend, Pacing
 from services.inference.model_store import prepare_default_model
 from services.inference.servicer import InferenceServicer
 from services.inference.settings import InferenceSettings
@@ -39,7 +39,8 @@ async def main() -> None:
         if settings.embeddings:
             embedders.append(await asyncio.to_thread(Embedder.load))
         if settings.backend == "instant":
-            holder["pool"] = InstantBackend(settings.served_model_name)
+            pacing = Pacing(settings.instant_tokens_per_s, settings.instant_ttft_ms, settings.instant_max_streams)
+            holder["pool"] = InstantBackend(settings.served_model_name, pacing=pacing)
             return
         model_path = settings.model_path
         if model_path is None:

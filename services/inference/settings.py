@@ -49,6 +49,11 @@ class InferenceSettings(ServiceSettings):
     # "vllm"; or "instant": a benchmark-only backend that answers at once with no model
     # (see services/inference/instant.py). Never use it to serve users.
     backend: Literal["vllm", "instant"] = "vllm"
+    # The instant backend paced as a fast engine (see instant.py): tokens/s per stream (0: not
+    # paced), time to first token, and streams generating at once (0: no limit).
+    instant_tokens_per_s: float = Field(default=0.0, ge=0)
+    instant_ttft_ms: float = Field(default=0.0, ge=0)
+    instant_max_streams: int = Field(default=0, ge=0)
 
     @property
     def served_model_name(self) -> str:
