@@ -322,6 +322,11 @@ class VllmEngine:
         )
         with _visible_devices(device):
             self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[_LoadProbe(self.load).factory()])
+        if on_cpu and settings.cpu_engine_nice:
+            import psutil
+
+            engine_processes = [p.pid for p in psutil.Process().children(recursive=True)]
+            sizing.lower_priority(settings.cpu_engine_nice, engine_processes)
         self.context_length = int(self._llm.model_config.max_model_len)
         self._ids = itertools.count()
 

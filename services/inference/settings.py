@@ -32,6 +32,9 @@ class InferenceSettings(ServiceSettings):
     cpu_threads_bind: str = "auto"
     cpu_reserved_cores: int = Field(default=0, ge=0)
     cpu_kv_cache_gib: int = Field(default=0, ge=0)
+    # How much lower the CPU engine's threads run than the mesh's services on the same cores
+    # (nice levels; 0: the same).
+    cpu_engine_nice: int = Field(default=5, ge=0, le=19)
     # Share of GPU memory an engine takes on a GPU.
     gpu_memory_utilization: float = 0.85
     max_num_seqs: int = 64

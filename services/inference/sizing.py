@@ -93,3 +93,23 @@ def apply(plan: CpuEnginePlan, environ: dict[str, str] | os._Environ[str] = os.e
     for key, value in plan.env().items():
         environ.setdefault(key, value)
     return {key: environ[key] for key in plan.env()}
+
+
+def lower_priority(niceness: int, pids: Iterable[int]) -> int:
+    """Lowers every thread of the processes `pids` (the engine's, its compute threads included)
+    by `niceness`, so the mesh's own services on the same cores are scheduled first and the
+    engine takes what they leave. Linux's nice is per thread: each one is set (threads started
+    later inherit it). Returns how many threads were lowered."""
+    lowered = 0
+    for pid in pids:
+        try:
+            tids = [int(task) for task in os.listdir(f"/proc/{pid}/task")]
+        except FileNotFoundError:
+            continue
+        for tid in tids:
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + niceness)
+                lowered += 1
+            except ProcessLookupError:
+                continue
+    return lowered

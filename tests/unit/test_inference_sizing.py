@@ -3,9 +3,14 @@ for the KV cache; settings and the operator's environment win."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
-from services.inference.sizing import GIB, Machine, apply, core_ranges, count_cores, plan_cpu_engine
+from services.inference.sizing import GIB, Machine, apply, core_ranges, count_cores, lower_priority, plan_cpu_engine
 
 
 @pytest.mark.parametrize(
@@ -55,3 +60,23 @@ def test_the_machine_is_detected() -> None:
 
     assert machine.cpus
     assert machine.available_memory > 0
+
+
+def test_every_thread_of_the_engine_process_is_lowered() -> None:
+    code = "import threading, time\n[threading.Thread(target=time.sleep, args=(30,)).start() for _ in range(3)]\n"
+    child = subprocess.Popen([sys.executable, "-c", code + "time.sleep(30)"])
+    try:
+        tasks = Path(f"/proc/{child.pid}/task")
+        for _ in range(100):  # until its threads are up
+            if len(list(tasks.iterdir())) >= 4:
+                break
+            time.sleep(0.05)
+
+        lowered = lower_priority(5, [child.pid])
+
+        assert lowered >= 4
+        niceness = [int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]) for task in tasks.iterdir()]
+        assert niceness == [5] * len(niceness)
+    finally:
+        child.kill()
+        child.wait()
