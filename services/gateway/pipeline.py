@@ -62,6 +62,10 @@ class ChatTurn:
     # Unique per turn (the request id may repeat: clients may send their own).
     turn_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
+    @property
+    def raw_prompt(self) -> bool:
+        return bool(self.prompt or self.prompt_ids)
+
 
 @dataclass
 class Accepted:
@@ -197,7 +201,7 @@ class ChatPipeline:
         return list(reply.models)
 
     async def _context(self, turn: ChatTurn) -> memory_pb2.GetContextResponse:
-        if not turn.session_id or turn.prompt or turn.prompt_ids:
+        if not turn.session_id or turn.raw_prompt:
             return memory_pb2.GetContextResponse()
         previous = self._last_append.get((turn.tenant, turn.session_id))
         if previous is not None and not previous.done():
@@ -228,11 +232,10 @@ class ChatPipeline:
         context, route = context_call.result(), route_call.result()
 
         system_prompt = context.session.system_prompt or route.agent.system_prompt
-        raw_prompt = bool(turn.prompt or turn.prompt_ids)
         start = inference_pb2.StartGeneration(
             request_id=turn.request_id,
             model=route.backend_model,
-            messages=[] if raw_prompt else assemble_prompt(system_prompt, turn.messages),
+            messages=[] if turn.raw_prompt else assemble_prompt(system_prompt, turn.messages),
             prompt=turn.prompt,
             prompt_ids=turn.prompt_ids,
             sampling=_merge_sampling(turn.sampling, route.agent.sampling_defaults),
@@ -283,7 +286,7 @@ class ChatPipeline:
 
     def _remember(self, turn: ChatTurn, reply: common_pb2.ChatMessage, window_start: int) -> None:
         """Stores the finished turn in the background; the answer does not wait for it."""
-        if not turn.session_id or turn.prompt or turn.prompt_ids:
+        if not turn.session_id or turn.raw_prompt:
             return
         new = [m for m in turn.messages if not _is_system(m)]
         new.append(reply)

@@ -119,11 +119,9 @@ class InstantBackend:
             yield event
 
     def _prompt_ids(self, job: GenerationJob) -> list[int]:
-        if job.prompt_ids:
-            return list(job.prompt_ids)
         if self._tokenizer is not None:
-            return self._tokenizer.encode_text(job.prompt)
-        return [0] * len(job.prompt.split())
+            return self._tokenizer.raw_prompt(job).ids
+        return list(job.prompt_ids) or [0] * len(job.prompt.split())
 
     async def _generate(self, job: GenerationJob) -> AsyncIterator[Event]:
         if job.raw_prompt:
