@@ -1,10 +1,9 @@
-"""Client channels between services: one place for options and request-id propagation."""
+"""Client channels between services: one place for their options. The request id travels as
+metadata passed on each call (services.common.context.call_metadata)."""
 
 from __future__ import annotations
 
 import grpc
-
-from services.common.interceptors import ClientRequestIdInterceptor
 
 _OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -15,4 +14,4 @@ _OPTIONS = [
 
 
 def insecure_channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=_OPTIONS, interceptors=[ClientRequestIdInterceptor()])
+    return grpc.aio.insecure_channel(target, options=_OPTIONS)

@@ -114,34 +114,3 @@ async def _abort_for(translated: MeshError | None, exc: Exception, context: grpc
         log.exception("unhandled error in RPC")
         error = MeshError(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
     await context.abort_with_status(to_status(error))
-
-
-class ClientRequestIdInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
-    """Puts the current request id on every outgoing call."""
-
-    @staticmethod
-    def _details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        request_id = request_id_var.get()
-        metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        if request_id != "-" and REQUEST_ID_HEADER not in metadata:
-            metadata.add(REQUEST_ID_HEADER, request_id)
-        return grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-        )
-
-    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self._details(client_call_details), request)
-
-    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self._details(client_call_details), request)
-
-    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
-        return await continuation(self._details(client_call_details), request_iterator)
-
-    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
-        return await continuation(self._details(client_call_details), request_iterator)

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmmesh.inference.v1 import inference_pb2
+from services.common.context import call_metadata
 from services.gateway.auth import Caller
 from services.gateway.clients import MeshClients
 from services.gateway.errors import APIError
@@ -70,7 +71,7 @@ def create_router(
             )
         texts = body.texts()
         reply = await clients.inference.Embed(
-            inference_pb2.EmbedRequest(texts=texts), timeout=settings.upstream_timeout_s
+            inference_pb2.EmbedRequest(texts=texts), timeout=settings.upstream_timeout_s, metadata=call_metadata()
         )
         if body.dimensions is not None and body.dimensions != reply.dimensions:
             raise APIError.invalid(

@@ -27,6 +27,7 @@ from llmmesh.common.v1 import chat_pb2 as common_pb2
 from llmmesh.inference.v1 import inference_pb2
 from llmmesh.memory.v1 import memory_pb2
 from llmmesh.router.v1 import router_pb2
+from services.common.context import call_metadata
 from services.common.errors import MeshError, from_rpc_error
 from services.gateway.clients import MeshClients
 from services.gateway.settings import GatewaySettings
@@ -194,7 +195,7 @@ class ChatPipeline:
     async def list_models(self) -> list[router_pb2.Model]:
         try:
             reply = await self._clients.router.ListModels(
-                router_pb2.ListModelsRequest(), timeout=self._settings.upstream_timeout_s
+                router_pb2.ListModelsRequest(), timeout=self._settings.upstream_timeout_s, metadata=call_metadata()
             )
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
@@ -210,6 +211,7 @@ class ChatPipeline:
         reply: memory_pb2.GetContextResponse = await self._clients.memory.GetContext(
             memory_pb2.GetContextRequest(tenant=turn.tenant, session_id=turn.session_id, user=turn.user, query=query),
             timeout=self._settings.upstream_timeout_s,
+            metadata=call_metadata(),
         )
         return reply
 
@@ -217,6 +219,7 @@ class ChatPipeline:
         reply: router_pb2.RouteResponse = await self._clients.router.Route(
             router_pb2.RouteRequest(model=turn.model, messages=turn.messages, tenant=turn.tenant),
             timeout=self._settings.upstream_timeout_s,
+            metadata=call_metadata(),
         )
         return reply
 
@@ -250,7 +253,7 @@ class ChatPipeline:
         calls: dict[int, dict[str, Any]] = {}  # choice 0's tool calls, for the history
         finish: dict[int, str] = {}
         dropped = 0
-        call = self._clients.inference.Generate()
+        call = self._clients.inference.Generate(metadata=call_metadata())
         try:
             await call.write(inference_pb2.GenerateRequest(start=start))
             async for reply in call:
@@ -320,7 +323,9 @@ class ChatPipeline:
                 reraise=True,
             ):
                 with attempt:
-                    await self._clients.memory.Append(request, timeout=self._settings.upstream_timeout_s)
+                    await self._clients.memory.Append(
+                        request, timeout=self._settings.upstream_timeout_s, metadata=call_metadata()
+                    )
             APPENDS.labels("stored").inc()
         except grpc.aio.AioRpcError as exc:
             outcome = "session_deleted" if exc.code() == grpc.StatusCode.FAILED_PRECONDITION else "failed"

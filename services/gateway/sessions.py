@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmmesh.memory.v1 import memory_pb2
+from services.common.context import call_metadata
 from services.common.errors import MeshError
 from services.common.messages import to_openai
 from services.gateway.clients import MeshClients
@@ -91,7 +92,8 @@ def create_router(settings: GatewaySettings, clients: MeshClients, tenant: Calla
     timeout = settings.upstream_timeout_s
 
     async def call(rpc: Callable[..., Awaitable[T]], request: Any) -> T:
-        return await rpc(request, timeout=timeout)  # a failed call is mapped by the app's handler
+        # A failed call is mapped by the app's handler.
+        return await rpc(request, timeout=timeout, metadata=call_metadata())
 
     @router.post("/v1/sessions")
     async def create_session(body: CreateSession, tenant_: str = Depends(tenant)) -> dict[str, Any]:

@@ -143,7 +143,12 @@ class MemoryCore:
     async def context(self, tenant: str, session_id: str, user: str, query: str) -> TurnContext:
         """The session, its window and the memories relevant to `query`. Redis is required
         (UNAVAILABLE without it); the vector store is not (recall_skipped)."""
-        embedding = asyncio.ensure_future(self.embeddings.embed([query])) if query and self._recall.top_k else None
+        wants_recall = bool(query and self._recall.top_k)
+        # With a user, recall may draw on their other sessions whatever this one holds: the
+        # query is embedded while Redis is read. Without one, only this session's turns older
+        # than the window can be recalled, and a session that has none (most of them) costs
+        # no embedding at all.
+        embedding = asyncio.ensure_future(self.embeddings.embed([query])) if wants_recall and user else None
         try:
             session, turns = await self.store.context(tenant, session_id)
         except BaseException:
@@ -154,13 +159,11 @@ class MemoryCore:
             session = SessionInfo(id=session_id)
         window = window_of(session, turns, self._window_turns)
         result = TurnContext(session, window)
-        if embedding is None:
-            return result
         before_seq = window[0].seq if window else session.seq + 1
+        if not wants_recall or (before_seq <= 1 and not user):
+            return result  # nothing can be outside the window yet
         try:
-            (vector,) = await embedding
-            if before_seq <= 1 and not user:
-                return result  # nothing can be outside the window yet
+            (vector,) = await (embedding or self.embeddings.embed([query]))
             found = await self.vectors.recall(
                 tenant,
                 vector,

@@ -9,6 +9,7 @@ from typing import Protocol
 import grpc
 
 from llmmesh.inference.v1 import inference_pb2, inference_pb2_grpc
+from services.common.context import call_metadata
 
 
 class EmbeddingUnavailableError(Exception):
@@ -30,7 +31,9 @@ class RemoteEmbeddings:
         if not texts:
             return []
         try:
-            reply = await self._stub.Embed(inference_pb2.EmbedRequest(texts=list(texts)), timeout=self._timeout_s)
+            reply = await self._stub.Embed(
+                inference_pb2.EmbedRequest(texts=list(texts)), timeout=self._timeout_s, metadata=call_metadata()
+            )
         except grpc.aio.AioRpcError as exc:
             raise EmbeddingUnavailableError(f"{exc.code().name}: {exc.details()}") from None
         return [list(e.values) for e in reply.embeddings]

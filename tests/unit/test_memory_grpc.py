@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmmesh.common.v1 import chat_pb2
 from llmmesh.memory.v1 import memory_pb2, memory_pb2_grpc
 from services.common.channels import insecure_channel
-from services.common.context import REQUEST_ID_HEADER, request_id_var
+from services.common.context import REQUEST_ID_HEADER, call_metadata, request_id_var
 from services.common.errors import from_rpc_error
 from services.common.server import ServiceSpec, running_server
 from services.common.settings import ServiceSettings
@@ -261,11 +261,11 @@ async def test_missing_request_id_gets_a_fresh_one_per_call(memory_server: Memor
     assert second != third
 
 
-async def test_client_channel_propagates_the_current_request_id(memory_server: MemoryServer) -> None:
+async def test_call_metadata_propagates_the_current_request_id(memory_server: MemoryServer) -> None:
     channel = insecure_channel(memory_server.target)
     token = request_id_var.set("req-propagated-42")
     try:
-        reply = await channel.unary_unary(f"/{TEST_SERVICE}/Echo")(b"")
+        reply = await channel.unary_unary(f"/{TEST_SERVICE}/Echo")(b"", metadata=call_metadata())
     finally:
         request_id_var.reset(token)
         await channel.close()

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from llmmesh.memory.v1 import memory_pb2
 from services.gateway.pipeline import APPENDS
@@ -295,3 +296,41 @@ async def test_a_follow_up_sent_at_once_finds_the_previous_turn(mesh: Mesh, monk
     assert (await mesh.chat("What is my name?", session_id=sid)).status_code == 200
 
     assert {"role": "user", "content": "My name is Ada."} in mesh.backend.last_prompt
+
+
+def _embed_calls() -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "llmmesh_grpc_server_handled_total", {"service": "inference", "method": "Embed", "code": "OK"}
+        )
+        or 0.0
+    )
+
+
+async def test_recall_costs_an_embedding_only_when_something_can_be_recalled(
+    valkey_url: str, tmp_path: Path, smollm2_tokenizer: ChatTokenizer, embedder: Embedder
+) -> None:
+    """Most turns have nothing outside the window and no user: they must not pay for the query's
+    embedding. A user's turn may recall their other sessions, so it does."""
+    options = MeshOptions(indexer=False, window_turns=2)
+    async with in_process_mesh(valkey_url, tmp_path, smollm2_tokenizer, embedder, options) as mesh:
+        sid = session()
+        before = _embed_calls()
+        for text in ("first", "second"):
+            assert (await mesh.chat(text, session_id=sid)).status_code == 200
+            await mesh.stored()
+        within_window = _embed_calls() - before
+        for text in ("third", "fourth"):  # the window holds 2 turns: the first one has left it
+            assert (await mesh.chat(text, session_id=sid)).status_code == 200
+            await mesh.stored()
+        past_window = _embed_calls() - before - within_window
+        other = session()
+        assert (await mesh.chat("hello", session_id=other, user="u-embed")).status_code == 200
+        with_user = _embed_calls() - before - within_window - past_window
+        await mesh.stored()
+        for done in (sid, other):  # leave the shared queue clean for other tests
+            await mesh.store.unqueue("default", done)
+
+    assert within_window == 0
+    assert past_window >= 1
+    assert with_user == 1
