@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.harness import Context, Report, Row, Target
-from bench.procs import MODEL, llmmesh_stack
+from bench.procs import MODEL, CpuMeter, llmmesh_stack
 
 CONCURRENCY = (1, 16, 64)
 TOKENS = 16
@@ -47,6 +47,7 @@ def _ms(text: str) -> float:
 def parse_wrk(output: str) -> dict[str, float]:
     """Requests/s and latency percentiles (ms) from `wrk --latency` output."""
     figures = {"req_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}  # type: ignore[union-attr]
+    figures["requests"] = float(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     for pct, value in re.findall(r"^\s+(50|90|99)%\s+(\S+)$", output, flags=re.M):
         figures[f"p{pct}_ms"] = _ms(value)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
@@ -101,14 +102,24 @@ def run(ctx: Context) -> Report:
             path.write_text(_LUA % {"model": MODEL, "tokens": TOKENS, "stream": str(stream).lower(), "key": key})
             scripts[stream] = path
         gateway = f"http://127.0.0.1:{8100 + ctx.port_offset}"
+        meter = CpuMeter(stack.pid)
         for path_name, root in (("envoy", base), ("gateway-direct", gateway)):
             for stream in (False, True):
                 for connections in CONCURRENCY:
                     if path_name == "gateway-direct" and connections != 16:
                         continue  # one point is enough to split Envoy's share off
-                    figures = _wrk(f"{root}/v1/chat/completions", scripts[stream], connections, seconds)
+                    with meter.measure() as spent:
+                        figures = _wrk(f"{root}/v1/chat/completions", scripts[stream], connections, seconds)
                     case = f"{path_name} {'sse' if stream else 'json'} c={connections}"
                     rows.append(Row(case, figures, {"tokens": TOKENS, "seconds": seconds}))
+                    if connections == 16:
+                        per_request = {
+                            f"cpu_us_per_req_{name}": s * 1e6 / max(figures["requests"], 1)
+                            for name, s in spent.items()
+                            if name != "load generator"  # wrk is its own process
+                        }
+                        per_request["cpu_us_per_req_all"] = sum(per_request.values())
+                        rows.append(Row(f"{case}, CPU", per_request, {"requests": figures["requests"]}))
         relay_1 = asyncio.run(_relay(f"{base}/v1/chat/completions", key, 1))
         relay_4 = asyncio.run(_relay(f"{base}/v1/chat/completions", key, 4))
     rows.append(Row("relay 1 stream", {"tok_s": relay_1}, {"tokens": LONG_STREAM_TOKENS}))

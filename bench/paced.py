@@ -17,10 +17,9 @@ import uuid
 from dataclasses import dataclass, field
 
 import aiohttp
-import psutil
 
 from bench.harness import Context, Report, Row, Target
-from bench.procs import MODEL, llmmesh_stack
+from bench.procs import MODEL, CpuMeter, llmmesh_stack
 
 RATE = 100.0  # tokens/s per stream, an H100-class engine's decode speed for one sequence
 TTFT_MS = 20.0
@@ -29,7 +28,6 @@ LEVELS = (16, 64, 128, 256)
 QUICK_LEVELS = (16, 64)
 SUSTAIN_DELIVERED = 0.99
 SUSTAIN_ITL_P99_MS = 50.0
-_SERVICES = ("envoy", "services.gateway", "services.memory", "services.router", "services.inference", "valkey")
 
 
 @dataclass
@@ -93,29 +91,6 @@ async def _run_level(url: str, api_key: str, streams: int, seconds: float) -> _L
     return level
 
 
-def _processes(root_pid: int) -> dict[str, list[psutil.Process]]:
-    found: dict[str, list[psutil.Process]] = {name: [] for name in (*_SERVICES, "load generator")}
-    found["load generator"].append(psutil.Process())
-    for proc in psutil.Process(root_pid).children(recursive=True):
-        command = " ".join(proc.cmdline())
-        for name in _SERVICES:
-            if name in command:
-                found[name].append(proc)
-                break
-    return found
-
-
-def _cpu_seconds(procs: list[psutil.Process]) -> float:
-    total = 0.0
-    for proc in procs:
-        try:
-            times = proc.cpu_times()
-            total += times.user + times.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 def run(ctx: Context) -> Report:
     levels = QUICK_LEVELS if ctx.quick else LEVELS
     seconds = 6.0 if ctx.quick else 12.0
@@ -130,11 +105,10 @@ def run(ctx: Context) -> Report:
     ceiling = 0.0
     with llmmesh_stack(ctx.out_dir / "stack-paced", ctx.port_offset, **env) as stack:
         url = f"{stack.settings.public_url}/v1/chat/completions"
-        procs = _processes(stack.pid)
+        meter = CpuMeter(stack.pid)
         for streams in levels:
-            before = {name: _cpu_seconds(p) for name, p in procs.items()}
-            level = asyncio.run(_run_level(url, stack.api_key, streams, seconds))
-            spent = {name: _cpu_seconds(p) - before[name] for name, p in procs.items()}
+            with meter.measure() as spent:
+                level = asyncio.run(_run_level(url, stack.api_key, streams, seconds))
             offered = streams * RATE
             delivered = level.tokens / level.seconds
             itl_p99 = _pct(level.lateness_ms, 0.99)
@@ -156,9 +130,7 @@ def run(ctx: Context) -> Report:
                     {"streams": streams, "seconds": round(level.seconds, 1), "sustained": sustained},
                 )
             )
-            per_k = {
-                f"cpu_ms_per_1k_{n.removeprefix('services.')}": s * 1e6 / max(level.tokens, 1) for n, s in spent.items()
-            }
+            per_k = {f"cpu_ms_per_1k_{name}": s * 1e6 / max(level.tokens, 1) for name, s in spent.items()}
             cpu_rows.append(Row(f"{streams} streams, CPU", per_k, {"tokens": level.tokens}))
     busiest = max(cpu_rows[-1].metrics.items(), key=lambda item: item[1])
     return Report(

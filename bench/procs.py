@@ -12,6 +12,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
+
 from services.stack.launcher import RunningStack, background_stack
 from services.stack.readiness import http_ok
 
@@ -78,3 +80,42 @@ def vllm_server(model_path: Path, port: int, run_dir: Path, engine_env: dict[str
         yield base
     finally:
         _stop(proc)
+
+
+_PROCESSES = ("envoy", "gateway", "memory", "router", "inference", "valkey")
+
+
+class CpuMeter:
+    """CPU seconds (user + system) each process of a running stack spends, by name, plus the
+    load generator (this process). CPU per unit of work is what a noisy machine changes least:
+    wall-clock figures can read 2x apart from one run to the next, CPU per request hardly."""
+
+    def __init__(self, stack_pid: int) -> None:
+        self._procs: dict[str, list[psutil.Process]] = {name: [] for name in (*_PROCESSES, "load generator")}
+        self._procs["load generator"].append(psutil.Process())
+        for proc in psutil.Process(stack_pid).children(recursive=True):
+            command = " ".join(proc.cmdline())
+            for name in _PROCESSES:
+                if f"services.{name}" in command or (name in ("envoy", "valkey") and name in command):
+                    self._procs[name].append(proc)
+                    break
+
+    def _seconds(self) -> dict[str, float]:
+        spent = {}
+        for name, procs in self._procs.items():
+            total = 0.0
+            for proc in procs:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    times = proc.cpu_times()
+                    total += times.user + times.system
+            spent[name] = total
+        return spent
+
+    @contextlib.contextmanager
+    def measure(self) -> Iterator[dict[str, float]]:
+        """Yields a dict filled, when the block ends, with each process's CPU seconds in it."""
+        before = self._seconds()
+        spent: dict[str, float] = {}
+        yield spent
+        after = self._seconds()
+        spent.update({name: after[name] - before[name] for name in after})
