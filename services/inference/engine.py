@@ -71,6 +71,8 @@ class GenerationJob:
     # The completions API: a raw prompt (text or token ids) instead of messages.
     prompt: str = ""
     prompt_ids: list[int] = field(default_factory=list)
+    # Model ids to try, in order, when `model` fails before its first token (backends/registry.py).
+    candidates: list[str] = field(default_factory=list)
 
     @property
     def raw_prompt(self) -> bool:
@@ -83,6 +85,9 @@ class Started:
     engine: str
     dropped_turns: int = 0
     memories_used: int = 0
+    # Set by the backend registry: the model id that answers, and those tried before it.
+    backend_model: str = ""
+    tried: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Inference service bootstrap: prepare the model, start the engines, serve."""
+"""Inference service bootstrap: read the backends file, prepare the model, start the engines,
+serve."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import grpc
 from llmmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.common.errors import MeshError
 from services.common.server import ServiceSpec, serve
+from services.inference.backends.config import BackendConfigError, load_backends
+from services.inference.backends.cooldown import Cooldowns
+from services.inference.backends.registry import BackendRegistry, external_backend
 from services.inference.embedder import Embedder
-from services.inference.engine import Backend, EnginePool
+from services.inference.engine import Backend, EnginePool, PromptLimits
 from services.inference.instant import InstantBackend, Pacing
 from services.inference.model_store import prepare_default_model
 from services.inference.servicer import InferenceServicer
@@ -32,22 +36,33 @@ def translate_error(exc: Exception) -> MeshError | None:
 
 async def main() -> None:
     settings = InferenceSettings()
-    holder: dict[str, Backend] = {}
+    limits = PromptLimits(settings.completion_reserve_tokens, settings.recall_max_tokens, settings.tool_parser)
+    # A bad backends file or a missing key stops the service here, before any model is loaded.
+    try:
+        externals = [external_backend(b, limits) for b in load_backends(settings.backends_file).enabled]
+    except BackendConfigError as exc:
+        raise SystemExit(f"inference: {exc}") from None
+    holder: dict[str, BackendRegistry] = {}
     embedders: list[Embedder] = []
 
     async def startup() -> None:
         if settings.embeddings:
             embedders.append(await asyncio.to_thread(Embedder.load))
+        local: Backend
         if settings.backend == "instant":
             pacing = Pacing(settings.instant_tokens_per_s, settings.instant_ttft_ms, settings.instant_max_streams)
-            holder["pool"] = InstantBackend(settings.served_model_name, pacing=pacing)
-            return
-        model_path = settings.model_path
-        if model_path is None:
-            model_path = await asyncio.to_thread(prepare_default_model, settings.cache_dir)
-        holder["pool"] = EnginePool.start(settings, model_path)
+            local = InstantBackend(settings.served_model_name, pacing=pacing)
+        else:
+            model_path = settings.model_path
+            if model_path is None:
+                model_path = await asyncio.to_thread(prepare_default_model, settings.cache_dir)
+            local = EnginePool.start(settings, model_path)
+        cooldowns = Cooldowns(settings.backend_failures_to_cool, settings.backend_cooldown_s)
+        holder["pool"] = BackendRegistry(local, settings.backend, externals, cooldowns)
 
     async def shutdown() -> None:
+        for backend in externals:
+            await backend.aclose()
         if "pool" in holder:
             holder["pool"].shutdown()
 

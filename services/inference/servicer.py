@@ -1,5 +1,8 @@
 """InferenceService RPCs; proto <-> domain mapping lives here.
 
+Generation goes through the backend registry (backends/registry.py): the requested model, or
+the first of its candidates that answers, local or external.
+
 ``Generate`` is bidirectional: the first client message starts the generation, a later
 ``cancel`` message stops it, and the client going away cancels this handler — in every case
 the task pumping the engine is cancelled, which aborts the request inside vLLM.
@@ -20,6 +23,8 @@ from llmmesh.common.v1 import chat_pb2 as common_pb2
 from llmmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.common.errors import InvalidArgumentError, MeshError
 from services.common.messages import to_openai
+from services.inference.backends.cooldown import Cooldowns
+from services.inference.backends.registry import BackendRegistry, local_kind
 from services.inference.embedder import Embedder
 from services.inference.engine import (
     Backend,
@@ -82,6 +87,7 @@ def to_job(start: inference_pb2.StartGeneration) -> GenerationJob:
         single_tool_call=start.single_tool_call,
         prompt=start.prompt,
         prompt_ids=list(start.prompt_ids),
+        candidates=list(start.candidates),
     )
 
 
@@ -122,6 +128,8 @@ def to_response(event: Event) -> inference_pb2.GenerateResponse:
                 engine=event.engine,
                 dropped_turns=event.dropped_turns,
                 memories_used=event.memories_used,
+                backend_model=event.backend_model,
+                tried=event.tried,
             )
         )
     if isinstance(event, ChoiceEnd):
@@ -157,6 +165,9 @@ MAX_EMBED_TEXTS = 2048
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, pool: Backend, embedder: Embedder | None = None) -> None:
+        """`pool`: the registry, or one backend alone (served as the registry of just it)."""
+        if not isinstance(pool, BackendRegistry):
+            pool = BackendRegistry(pool, local_kind(pool), [], Cooldowns(failures=3, cooldown_s=30.0))
         self._pool = pool
         self._embedder = embedder
 
@@ -240,15 +251,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def ListModels(
         self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.ListModelsResponse:
-        pool = self._pool
         return inference_pb2.ListModelsResponse(
             models=[
                 inference_pb2.ModelInfo(
-                    id=pool.model_name,
-                    context_length=pool.context_length,
-                    source=pool.source,
-                    engines=pool.engine_count,
+                    id=m.id,
+                    context_length=m.context_length,
+                    source=m.source,
+                    engines=m.engines,
+                    backend=m.backend,
+                    kind=m.kind,
                 )
+                for m in self._pool.models()
             ]
         )
 
@@ -256,7 +269,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self, request: inference_pb2.CountTokensRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.CountTokensResponse:
         count = await self._pool.count_tokens(request.model, [to_openai(m) for m in request.messages])
-        return inference_pb2.CountTokensResponse(prompt_tokens=count, context_length=self._pool.context_length)
+        return inference_pb2.CountTokensResponse(
+            prompt_tokens=count, context_length=self._pool.context_length_of(request.model)
+        )
 
     async def GetLoad(
         self, request: inference_pb2.GetLoadRequest, context: grpc.aio.ServicerContext

@@ -3,11 +3,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
 from services.inference.model_store import DEFAULT_MODEL_NAME
+
+_REPO = Path(__file__).resolve().parents[2]
 
 
 class InferenceSettings(ServiceSettings):
@@ -57,6 +59,18 @@ class InferenceSettings(ServiceSettings):
     instant_tokens_per_s: float = Field(default=0.0, ge=0)
     instant_ttft_ms: float = Field(default=0.0, ge=0)
     instant_max_streams: int = Field(default=0, ge=0)
+    # External backends (OpenAI-compatible servers, OpenAI, Anthropic) whose models this service
+    # also answers for, as `<backend>/<model>` (see deploy/backends.yaml); unset: none.
+    backends_file: Path | None = _REPO / "deploy" / "backends.yaml"
+    # A backend that failed this many times in a row is skipped for backend_cooldown_s seconds,
+    # then tried again (services/inference/backends/cooldown.py).
+    backend_failures_to_cool: int = Field(default=3, ge=1)
+    backend_cooldown_s: float = Field(default=30.0, ge=0)
+
+    @field_validator("backends_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @property
     def served_model_name(self) -> str:
