@@ -1,5 +1,5 @@
-"""The public model catalog: the models the inference service serves (discovered over gRPC,
-so a new local model needs no router change) plus static entries from the router config."""
+"""The models the inference service serves: its local engines and its other backends
+(`<backend>/<model>`), discovered over gRPC, so a new model needs no router change."""
 
 from __future__ import annotations
 
@@ -10,21 +10,20 @@ import time
 import grpc
 
 from llmmesh.inference.v1 import inference_pb2, inference_pb2_grpc
-from services.router.policy import ModelEntry
 
 log = logging.getLogger(__name__)
 
 
 class Catalog:
-    def __init__(self, stub: inference_pb2_grpc.InferenceServiceStub, static: dict[str, ModelEntry]) -> None:
+    def __init__(self, stub: inference_pb2_grpc.InferenceServiceStub) -> None:
         self._stub = stub
-        self._static = static
-        self._local: dict[str, ModelEntry] = {}
+        self._served: tuple[str, ...] = ()
         self._attempted = 0.0
 
     @property
-    def models(self) -> dict[str, ModelEntry]:
-        return {**self._static, **self._local}
+    def served(self) -> tuple[str, ...]:
+        """Model ids in the inference service's order (the first local one is `local`)."""
+        return self._served
 
     async def refresh(self) -> bool:
         """Asks the inference service what it serves; keeps the last answer when it is away."""
@@ -34,7 +33,7 @@ class Catalog:
         except grpc.aio.AioRpcError as exc:
             log.debug("inference not reachable for discovery", extra={"code": exc.code().name})
             return False
-        self._local = {m.id: ModelEntry(id=m.id, backend_model=m.id) for m in reply.models}
+        self._served = tuple(m.id for m in reply.models)
         return True
 
     async def refresh_if_older(self, seconds: float) -> None:
@@ -46,4 +45,4 @@ class Catalog:
         """Background loop: quick retries until the first answer, then every interval."""
         while True:
             ok = await self.refresh()
-            await asyncio.sleep(interval_s if ok and self._local else 1.0)
+            await asyncio.sleep(interval_s if ok and self._served else 1.0)

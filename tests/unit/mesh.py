@@ -43,8 +43,7 @@ from services.memory.indexer import Indexer
 from services.memory.servicer import MemoryServicer
 from services.memory.store import SessionStore
 from services.memory.vectors import VectorStore, open_vector_store
-from services.router.catalog import Catalog
-from services.router.policy import RoutingPolicy
+from services.router.server import build as build_router
 from services.router.servicer import RouterServicer
 from services.router.settings import RouterSettings
 from tests.unit.helpers import free_port
@@ -149,8 +148,7 @@ async def in_process_mesh(
     )
     indexer = Indexer(store, vectors, embeddings, batch=32, claim_idle_ms=300)
     router_channel = insecure_channel(targets["inference"])
-    policy = RoutingPolicy.from_file(RouterSettings().config_path)
-    catalog = Catalog(inference_pb2_grpc.InferenceServiceStub(router_channel), policy.models)
+    routing, catalog = build_router(RouterSettings(), inference_pb2_grpc.InferenceServiceStub(router_channel))
     specs = [
         (
             ServiceSpec(
@@ -173,7 +171,7 @@ async def in_process_mesh(
             ServiceSpec(
                 "router",
                 ["llmmesh.router.v1.RouterService"],
-                lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(policy, catalog), s),
+                lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(routing), s),
             ),
             ports["router"],
         ),
@@ -190,6 +188,7 @@ async def in_process_mesh(
         for spec, port in specs:
             await stack.enter_async_context(running_server(spec, _settings(port)))
         await catalog.refresh()
+        await routing.embed_examples()
         clients = MeshClients.connect(settings)
         pipeline = ChatPipeline(settings, clients)
         shared = connect(settings.redis_url)

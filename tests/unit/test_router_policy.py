@@ -1,226 +1,223 @@
-"""RoutingPolicy: config parsing, model resolution and agent picking."""
+"""RoutingPolicy: model names, the content choice (semantic, keywords, threshold), candidate
+chains and the public catalog. Vectors here are hand-made unit vectors, so every score is known."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from llmmesh.common.v1 import chat_pb2
-from services.router.policy import AgentProfile, ModelEntry, RoutingPolicy, UnknownModelError
-from services.router.servicer import _sampling
-from services.router.settings import RouterSettings
+from services.router.config import parse_config
+from services.router.policy import (
+    Choice,
+    NothingServedError,
+    PublicModel,
+    RoutingPolicy,
+    UnknownAgentError,
+    UnknownModelError,
+    Vector,
+    routing_text,
+)
 
-REPO = Path(__file__).resolve().parents[2]
+SERVED = ("small-local", "openai/gpt-4o-mini", "other-local")
+AXES = {"general": 0, "coder": 1, "coach": 2}
 
 
 def config(**overrides: Any) -> dict[str, Any]:
     raw: dict[str, Any] = {
-        "models": [
-            {"id": "small", "backend_model": "small-backend", "owned_by": "acme"},
-            {"id": "large"},
-        ],
-        "aliases": {"default": "small", "big": "large"},
         "default_agent": "general",
+        "routing": {"threshold": 0.5, "keyword_bonus": 0.2, "scoring": "max"},
         "agents": [
-            {"name": "general", "system_prompt": "You are helpful."},
+            {"name": "general", "description": "Anything.", "examples": ["g1", "g2"]},
             {
                 "name": "coder",
-                "keywords": ["Code", "BUG", "c++"],
-                "system_prompt": "Review code.",
-                "sampling": {"temperature": 0.25},
+                "description": "Code.",
+                "examples": ["c1", "c2"],
+                "keywords": ["Code", "pull request", "c++"],
+                "candidates": ["openai/gpt-4o-mini", "local", "anthropic/claude"],
             },
-            {"name": "coach", "keywords": ["gym", "bug"], "system_prompt": "Coach."},
+            {"name": "coach", "description": "Sport.", "examples": ["s1"], "keywords": ["gym"]},
         ],
     }
     raw.update(overrides)
     return raw
 
 
+def axis(name: str, cos: float = 1.0) -> list[float]:
+    """An example vector at angle acos(cos) from the agent's axis, towards a dimension of its
+    own (4), so it is orthogonal to every query's remainder (5)."""
+    vector = [0.0] * 6
+    vector[AXES[name]] = cos
+    vector[4] = float(np.sqrt(max(0.0, 1 - cos * cos)))
+    return vector
+
+
+def query(**scores: float) -> Vector:
+    """A unit vector whose similarity to each agent's axis is the given score."""
+    vector = np.zeros(6, dtype=np.float32)
+    for name, score in scores.items():
+        vector[AXES[name]] = score
+    vector[5] = np.sqrt(max(0.0, 1 - float(np.sum(vector**2))))
+    return vector
+
+
 @pytest.fixture
 def policy() -> RoutingPolicy:
-    return RoutingPolicy.from_dict(config())
+    # Each agent's examples lie on its own axis (the second general example a little off it).
+    vectors = {"g1": axis("general"), "g2": axis("general", 0.8), "c1": axis("coder"), "c2": axis("coder", 0.6)}
+    vectors["s1"] = axis("coach")
+    return RoutingPolicy(parse_config(config())).with_vectors(vectors)
 
 
-@pytest.fixture
-def catalog(policy: RoutingPolicy) -> dict[str, ModelEntry]:
-    """What the router's Catalog hands the policy: static entries plus discovered models."""
-    return {**policy.models, "discovered": ModelEntry("discovered", "discovered")}
+def choose(policy: RoutingPolicy, text: str, vector: Vector | None) -> tuple[str, str]:
+    choice = policy.choose(text, vector)
+    return choice.agent.name, choice.reason
 
 
-# ---------------------------------------------------------------- from_dict
+# ---------------------------------------------------------------- model names
 
 
-def test_from_dict_builds_models_with_defaults(policy: RoutingPolicy) -> None:
-    assert policy.models == {
-        "small": ModelEntry("small", "small-backend", "acme"),
-        "large": ModelEntry("large", "large", "llmmesh"),
-    }
-    assert policy.aliases == {"default": "small", "big": "large"}
+def test_llmmesh_asks_for_the_content_choice(policy: RoutingPolicy) -> None:
+    target = policy.target("llmmesh", SERVED)
+
+    assert (target.kind, target.agent.name) == ("content", "general")
 
 
-def test_from_dict_lowercases_keywords_and_keeps_agent_order(policy: RoutingPolicy) -> None:
-    assert [a.name for a in policy.agents] == ["general", "coder", "coach"]
-    assert policy.agents[1] == AgentProfile("coder", "Review code.", ("code", "bug", "c++"), {"temperature": 0.25})
+def test_llmmesh_agent_pins_the_agent(policy: RoutingPolicy) -> None:
+    target = policy.target("llmmesh-coach", SERVED)
+
+    assert (target.kind, target.agent.name) == ("pinned", "coach")
 
 
-def test_from_dict_default_agent_is_the_configured_profile(policy: RoutingPolicy) -> None:
-    assert policy.default_agent == AgentProfile("general", "You are helpful.")
+@pytest.mark.parametrize("model", ["small-local", "openai/gpt-4o-mini"])
+def test_a_served_model_is_that_model_with_the_default_agent(policy: RoutingPolicy, model: str) -> None:
+    target = policy.target(model, SERVED)
+    plan = policy.plan(target, Choice(target.agent, "model"), SERVED)
+
+    assert (target.kind, target.agent.name, target.model) == ("model", "general", model)
+    assert plan.candidates == (model,)
 
 
-def test_from_dict_default_agent_not_listed_gets_an_empty_profile() -> None:
-    policy = RoutingPolicy.from_dict(config(default_agent="fallback"))
-
-    assert policy.default_agent == AgentProfile("fallback")
-
-
-def test_from_dict_accepts_no_static_models() -> None:
-    # Models the inference service serves are discovered at run time; static entries are optional.
-    policy = RoutingPolicy.from_dict(config(models=[]))
-
-    assert policy.models == {}
-    assert policy.aliases == {"default": "small", "big": "large"}
-
-
-def test_from_dict_keeps_aliases_to_models_not_known_yet() -> None:
-    policy = RoutingPolicy.from_dict(config(aliases={"fast": "tiny", 7: "small"}))
-
-    assert policy.aliases == {"fast": "tiny", "7": "small"}
-
-
-def test_from_dict_accepts_null_aliases_and_no_agents() -> None:
-    policy = RoutingPolicy.from_dict({"models": [{"id": "m"}], "aliases": None})
-
-    assert policy.aliases == {}
-    assert policy.agents == []
-    assert policy.pick_agent("anything") == (AgentProfile("general"), "default")
-
-
-@pytest.mark.parametrize("text", ["", "models:\n", "agents:\n"], ids=["empty-file", "null-models", "null-agents"])
-def test_from_file_with_empty_sections_loads_an_empty_policy(tmp_path: Path, text: str) -> None:
-    path = tmp_path / "router.yaml"
-    path.write_text(text)
-
-    policy = RoutingPolicy.from_file(path)
-
-    assert (policy.models, policy.agents, policy.default_agent) == ({}, [], AgentProfile("general"))
-
-
-# ---------------------------------------------------------------- resolve_model
-
-
-def test_resolve_model_by_id(policy: RoutingPolicy, catalog: dict[str, ModelEntry]) -> None:
-    assert policy.resolve_model("large", catalog) == (ModelEntry("large", "large"), "model")
-
-
-def test_resolve_discovered_model_by_id(policy: RoutingPolicy, catalog: dict[str, ModelEntry]) -> None:
-    assert policy.resolve_model("discovered", catalog) == (ModelEntry("discovered", "discovered"), "model")
-
-
-def test_resolve_model_by_alias(policy: RoutingPolicy, catalog: dict[str, ModelEntry]) -> None:
-    assert policy.resolve_model("default", catalog) == (ModelEntry("small", "small-backend", "acme"), "alias")
-
-
-def test_model_id_wins_over_an_alias_of_the_same_name(policy: RoutingPolicy) -> None:
-    catalog = {"default": ModelEntry("default", "real-default"), "small": ModelEntry("small", "small-backend")}
-
-    assert policy.resolve_model("default", catalog) == (ModelEntry("default", "real-default"), "model")
-
-
-def test_alias_resolves_only_once_its_target_is_in_the_catalog() -> None:
-    policy = RoutingPolicy.from_dict(config(models=[], aliases={"fast": "tiny"}))
-
+@pytest.mark.parametrize("model", ["", "LLMMESH", "llmmesh-", "llmmesh-nobody", "anthropic/claude", "gpt-4"])
+def test_unknown_model_names_raise(policy: RoutingPolicy, model: str) -> None:
     with pytest.raises(UnknownModelError):
-        policy.resolve_model("fast", {})
-    assert policy.resolve_model("fast", {"tiny": ModelEntry("tiny", "tiny")}) == (ModelEntry("tiny", "tiny"), "alias")
+        policy.target(model, SERVED)
 
 
-@pytest.mark.parametrize("name", ["unknown", "", "Small", "small-backend"])
-def test_resolve_unknown_model_raises(policy: RoutingPolicy, catalog: dict[str, ModelEntry], name: str) -> None:
-    with pytest.raises(UnknownModelError) as caught:
-        policy.resolve_model(name, catalog)
-
-    assert caught.value.args == (name,)
-    assert isinstance(caught.value, LookupError)
+def test_the_override_names_an_agent(policy: RoutingPolicy) -> None:
+    assert policy.override("coder").name == "coder"
+    with pytest.raises(UnknownAgentError):
+        policy.override("Coder")
 
 
-# ---------------------------------------------------------------- pick_agent
+# ---------------------------------------------------------------- the content choice
+
+
+def test_the_closest_examples_win(policy: RoutingPolicy) -> None:
+    assert choose(policy, "anything", query(coder=0.7, coach=0.3)) == ("coder", "semantic:0.70")
+    assert choose(policy, "anything", query(coach=0.6, general=0.55)) == ("coach", "semantic:0.60")
+
+
+def test_max_scoring_takes_the_closest_example_centroid_the_mean() -> None:
+    vectors = {"g1": axis("general"), "g2": axis("general"), "c1": axis("coder"), "c2": axis("coder", 0.0)}
+    vectors["s1"] = axis("coach")
+    by_max = RoutingPolicy(parse_config(config())).with_vectors(vectors)
+    by_centroid = RoutingPolicy(parse_config(config(routing={"scoring": "centroid"}))).with_vectors(vectors)
+    near_c1 = query(coder=0.9)
+
+    assert by_max.vectors is not None
+    assert by_centroid.vectors is not None
+    assert by_max.vectors.similarities(near_c1, "max")["coder"] == pytest.approx(0.9, abs=1e-6)
+    # c1 and c2 are orthogonal: their centroid is 45 degrees from each.
+    assert by_centroid.vectors.similarities(near_c1, "centroid")["coder"] == pytest.approx(0.9 / np.sqrt(2), abs=1e-3)
+
+
+def test_below_the_threshold_the_default_agent_answers(policy: RoutingPolicy) -> None:
+    assert choose(policy, "anything", query(coder=0.45, coach=0.4)) == ("general", "default")
+
+
+def test_a_keyword_adds_its_bonus(policy: RoutingPolicy) -> None:
+    # 0.35 + 0.2 beats the threshold (0.5) and the general agent's 0.5.
+    assert choose(policy, "my CODE", query(coder=0.35, general=0.5)) == ("coder", "keyword:code")
+    # Not enough when another agent is far closer.
+    assert choose(policy, "my code", query(coder=0.1, coach=0.9)) == ("coach", "semantic:0.90")
 
 
 @pytest.mark.parametrize(
     ("text", "agent", "reason"),
     [
-        ("please look at my code", "coder", "keyword:code"),
-        ("CODE review please", "coder", "keyword:code"),
-        ("There is a Bug!", "coder", "keyword:bug"),
-        ("(code)", "coder", "keyword:code"),
+        ("please open a Pull Request", "coder", "keyword:pull request"),
         ("I write C++ daily", "coder", "keyword:c++"),
+        ("(code)", "coder", "keyword:code"),
         ("new gym routine", "coach", "keyword:gym"),
-        ("gym session, then fix a bug", "coder", "keyword:bug"),  # first agent in config order wins
+        ("gym, then code", "coder", "keyword:code"),  # config order decides between agents
+        ("decode this", "general", "default"),  # whole words only
+        ("gymnastics", "general", "default"),
+        ("", "general", "default"),
     ],
 )
-def test_pick_agent_matches_whole_words_case_insensitively(
-    policy: RoutingPolicy, text: str, agent: str, reason: str
-) -> None:
-    picked, why = policy.pick_agent(text)
-
-    assert (picked.name, why) == (agent, reason)
+def test_without_vectors_the_keyword_rules_decide(policy: RoutingPolicy, text: str, agent: str, reason: str) -> None:
+    assert choose(policy, text, None) == (agent, reason)
 
 
-@pytest.mark.parametrize("text", ["", "hello there", "my codebase", "decode this", "debugging", "gymnastics"])
-def test_pick_agent_falls_back_to_the_default_agent(policy: RoutingPolicy, text: str) -> None:
-    assert policy.pick_agent(text) == (policy.default_agent, "default")
+def test_a_query_of_the_wrong_size_falls_back_to_the_keywords(policy: RoutingPolicy) -> None:
+    assert choose(policy, "gym", np.ones(384, dtype=np.float32) / np.sqrt(384)) == ("coach", "keyword:gym")
 
 
-def test_route_combines_model_and_agent_reasons(policy: RoutingPolicy, catalog: dict[str, ModelEntry]) -> None:
-    decision = policy.route("big", "gym plan", catalog)
+def test_a_policy_is_semantic_only_once_every_example_has_a_vector() -> None:
+    bare = RoutingPolicy(parse_config(config()))
 
-    assert decision.model == ModelEntry("large", "large")
-    assert decision.agent.name == "coach"
-    assert decision.reason == "alias,keyword:gym"
-
-
-def test_route_unknown_model_raises(policy: RoutingPolicy, catalog: dict[str, ModelEntry]) -> None:
-    with pytest.raises(UnknownModelError):
-        policy.route("nope", "code", catalog)
+    assert not bare.semantic_ready
+    assert bare.example_texts == ["c1", "c2", "g1", "g2", "s1"]
+    assert not bare.with_vectors({"g1": axis("general")}).semantic_ready
 
 
-# ---------------------------------------------------------------- deploy/router.yaml
+def test_the_routing_text_is_the_latest_user_turns_newest_first() -> None:
+    assert routing_text(["first", "  ", "second", "third"], 2) == "third\nsecond"
+    assert routing_text(["only"], 3) == "only"
+    assert routing_text([], 2) == ""
 
 
-def test_settings_point_at_the_shipped_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("LLMMESH_ROUTER_CONFIG_PATH", raising=False)
-
-    assert RouterSettings().config_path == REPO / "deploy" / "router.yaml"
+# ---------------------------------------------------------------- candidates
 
 
-def test_shipped_router_yaml_loads() -> None:
-    policy = RoutingPolicy.from_file(REPO / "deploy" / "router.yaml")
-    served = {"smollm2-135m-instruct": ModelEntry("smollm2-135m-instruct", "smollm2-135m-instruct")}
+def test_a_chain_keeps_its_order_resolves_local_and_skips_what_is_not_served(policy: RoutingPolicy) -> None:
+    coder = policy.override("coder")
 
-    assert policy.aliases == {"default": "smollm2-135m-instruct", "llmmesh": "smollm2-135m-instruct"}
-    assert policy.default_agent.name == "general"
-    assert policy.default_agent.system_prompt == ""
-    assert [a.name for a in policy.agents] == ["general", "code-reviewer", "sports-coach"]
-    assert policy.route("default", "Can you review this Python function?", served).agent.name == "code-reviewer"
-    assert policy.route("llmmesh", "Marathon training tips", served).agent.name == "sports-coach"
-    assert policy.route("smollm2-135m-instruct", "What is the capital of France?", served).reason == "model,default"
+    assert policy.candidates(coder, SERVED) == ("openai/gpt-4o-mini", "small-local")
+    assert policy.candidates(coder, ("other-local",)) == ("other-local",)
+    assert policy.candidates(coder, ()) == ()
 
 
-def test_shipped_agent_sampling_defaults_fit_the_proto() -> None:
-    policy = RoutingPolicy.from_file(REPO / "deploy" / "router.yaml")
-    by_name = {a.name: a for a in policy.agents}
+def test_a_chain_with_nothing_served_is_an_error(policy: RoutingPolicy) -> None:
+    target = policy.target("llmmesh-coach", SERVED)
 
-    coder = _sampling(by_name["code-reviewer"].sampling)
+    with pytest.raises(NothingServedError) as caught:
+        policy.plan(target, Choice(target.agent, "pinned"), ("openai/gpt-4o-mini",))
 
-    assert isinstance(coder, chat_pb2.SamplingParams)
-    assert coder.temperature == pytest.approx(0.2)
-    assert not coder.HasField("top_p")
-    assert _sampling(by_name["sports-coach"].sampling).temperature == pytest.approx(0.7)
-    assert _sampling(by_name["general"].sampling) == chat_pb2.SamplingParams()
+    assert (caught.value.agent, caught.value.chain) == ("coach", ("local",))
 
 
-def test_unknown_sampling_default_is_rejected() -> None:
-    with pytest.raises(ValueError, match="unknown sampling defaults"):
-        _sampling({"temperature": 0.5, "top_kk": 40})
+# ---------------------------------------------------------------- the public catalog
+
+
+def test_public_models_are_the_agents_names_and_the_served_models(policy: RoutingPolicy) -> None:
+    listed = policy.public_models(SERVED)
+
+    assert [m.id for m in listed] == [
+        "llmmesh",
+        "llmmesh-general",
+        "llmmesh-coder",
+        "llmmesh-coach",
+        "small-local",
+        "openai/gpt-4o-mini",
+        "other-local",
+    ]
+    assert listed[2] == PublicModel("llmmesh-coder", "llmmesh", "openai/gpt-4o-mini", "coder", "Code.")
+    assert listed[5].owned_by == "openai"
+
+
+def test_a_name_nothing_can_serve_is_not_listed(policy: RoutingPolicy) -> None:
+    assert [m.id for m in policy.public_models(("openai/gpt-4o-mini",))] == ["llmmesh-coder", "openai/gpt-4o-mini"]
+    assert policy.public_models(()) == []
