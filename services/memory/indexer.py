@@ -86,7 +86,7 @@ class Indexer:
         return len(entries)
 
     async def index(self, entries: list[IndexEntry]) -> None:
-        live = [e for e in entries if not await self._deleted_since(e)]
+        live = [e for e in entries if e.live]
         records = [r for e in live for r in _records(e)]
         gone = await self._forgotten(records)
         records = [r for r in records if r.id not in gone]
@@ -97,16 +97,11 @@ class Indexer:
             await self._undo_raced_deletions(live, records)
         await self._store.done([e.entry_id for e in entries])
 
-    async def _deleted_since(self, entry: IndexEntry) -> bool:
-        deleted_ms = await self._store.deleted_at_ms(entry.tenant, entry.session_id)
-        return deleted_ms >= entry.created_ms > 0
-
     async def _undo_raced_deletions(self, entries: list[IndexEntry], records: list[MemoryRecord]) -> None:
         """A session or memory deleted while this batch was being embedded: remove again what
         was just written for it."""
-        for entry in entries:
-            if await self._deleted_since(entry):
-                await self._vectors.delete_session(entry.tenant, entry.session_id)
+        for entry in await self._store.deleted_since_started(entries):
+            await self._vectors.delete_session(entry.tenant, entry.session_id)
         gone = await self._forgotten(records)
         for record in records:
             if record.id in gone:

@@ -13,6 +13,12 @@ Per tenant, ``llmmesh:sessions:{t}`` (a sorted set by creation time) lists the s
 one stream, ``llmmesh:index``, queues stored turns for the long-term indexer (a consumer
 group reads it; an entry is removed once its turn is in the vector store).
 
+Appending a turn is one round trip: the script, the tenant's index and the queue entry go in
+one pipeline. The index and the stream live in other cluster slots than the session, so they
+cannot join the script; the queue entry is therefore written whatever the script decides, and
+the indexer keeps only entries whose turn marker exists (the turn was stored; the marker also
+holds its seq) and whose session was not deleted after the turn started.
+
 Every key is written with its TTL in the same script, so nothing outlives its session.
 """
 
@@ -21,7 +27,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -121,16 +127,26 @@ class SessionInfo:
 
 @dataclass(frozen=True)
 class IndexEntry:
-    """A stored turn waiting in the queue for the long-term indexer."""
+    """A turn waiting in the queue for the long-term indexer."""
 
     entry_id: str
     tenant: str
     session_id: str
     user: str
     turn_id: str
-    seq: int
+    # When the turn was accepted and when it was queued (Unix ms).
+    started_ms: int
     created_ms: int
     messages: list[StoredMessage]
+    # From the turn's marker when claimed: its seq, 0 when the turn was not stored (refused,
+    # or expired with its session since).
+    seq: int = 0
+    # The session was deleted after the turn started.
+    deleted: bool = False
+
+    @property
+    def live(self) -> bool:
+        return self.seq > 0 and not self.deleted
 
 
 class SessionDeletedError(Exception):
@@ -191,7 +207,6 @@ class SessionStore:
         self._redis = client
         self._ttl_s = ttl_s
         self._max_turns = max_turns
-        self._append = client.register_script(_APPEND)
         self._upsert = client.register_script(_UPSERT)
         self._forget = client.register_script(_FORGET)
 
@@ -309,10 +324,6 @@ class SessionStore:
             deleted, _, _ = await pipe.execute()
         return bool(deleted)
 
-    async def deleted_at_ms(self, tenant: str, session_id: str) -> int:
-        raw = await self._redis.get(_deleted_key(tenant, session_id))
-        return int(raw) if raw else 0
-
     # --- turns --------------------------------------------------------------------------
 
     async def append(
@@ -332,17 +343,13 @@ class SessionStore:
         now = int(time.time())
         started_at_ms = started_at_ms or int(time.time() * 1000)
         payload = json.dumps([asdict(m) for m in messages])
-        status, stored, seq = await self._append(
-            keys=[
-                _session_key(tenant, session_id),
-                _history_key(tenant, session_id),
-                _turn_key(tenant, session_id, turn_id),
-                _deleted_key(tenant, session_id),
-            ],
-            args=[self._ttl_s, started_at_ms, now, self._max_turns, window_start, user, turn_id, payload],
-        )
-        if int(status) < 0:
-            raise SessionDeletedError(session_id)
+        keys = [
+            _session_key(tenant, session_id),
+            _history_key(tenant, session_id),
+            _turn_key(tenant, session_id, turn_id),
+            _deleted_key(tenant, session_id),
+        ]
+        args: list[str | int] = [self._ttl_s, started_at_ms, now, self._max_turns, window_start, user, turn_id, payload]
         # Queued on a repeat too: if the first attempt stored the turn but lost the queue
         # write, the retry repairs it. Indexing is idempotent (point ids derive from the turn).
         entry = {
@@ -350,15 +357,19 @@ class SessionStore:
             "session_id": session_id,
             "user": user,
             "turn_id": turn_id,
-            "seq": int(seq),
+            "started_ms": started_at_ms,
             "created_ms": int(time.time() * 1000),
             "messages": payload,
         }
         async with self._redis.pipeline(transaction=False) as pipe:
-            if int(status) == 1 and int(seq) == 1:
-                self._add_to_index(pipe, tenant, session_id, now)
+            # EVAL, not EVALSHA: redis-py checks a pipeline's registered scripts with an extra
+            # round trip on every execute; the server caches the compiled script either way.
+            pipe.eval(_APPEND, len(keys), *keys, *args)
+            self._add_to_index(pipe, tenant, session_id, now)
             pipe.xadd(INDEX_STREAM, {k: str(v) for k, v in entry.items()})
-            await pipe.execute()
+            (status, stored, seq), *_ = await pipe.execute()
+        if int(status) < 0:
+            raise SessionDeletedError(session_id)
         return bool(status), int(stored), int(seq)
 
     async def forget_message(self, tenant: str, session_id: str, turn_id: str, text: str) -> bool:
@@ -399,11 +410,36 @@ class SessionStore:
         )
         stale = claimed[1]
         if stale:
-            return [_entry(entry_id, fields) for entry_id, fields in stale if fields]
+            return await self._resolved([_entry(entry_id, fields) for entry_id, fields in stale if fields])
         reply: Any = await self._redis.xreadgroup(
             INDEX_GROUP, consumer, {INDEX_STREAM: ">"}, count=count, block=block_ms or None
         )
-        return [_entry(entry_id, fields) for _, entries in reply or [] for entry_id, fields in entries if fields]
+        entries = [_entry(entry_id, fields) for _, found in reply or [] for entry_id, fields in found if fields]
+        return await self._resolved(entries)
+
+    async def _resolved(self, entries: list[IndexEntry]) -> list[IndexEntry]:
+        """The entries with their seq and deletion state, read in one round trip."""
+        if not entries:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                pipe.get(_turn_key(entry.tenant, entry.session_id, entry.turn_id))
+                pipe.get(_deleted_key(entry.tenant, entry.session_id))
+            found = await pipe.execute()
+        return [
+            replace(entry, seq=int(seq or 0), deleted=int(deleted or 0) >= entry.started_ms)
+            for entry, seq, deleted in zip(entries, found[::2], found[1::2], strict=True)
+        ]
+
+    async def deleted_since_started(self, entries: list[IndexEntry]) -> list[IndexEntry]:
+        """Those of the entries whose session was deleted after their turn started (one round trip)."""
+        if not entries:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                pipe.get(_deleted_key(entry.tenant, entry.session_id))
+            marks = await pipe.execute()
+        return [entry for entry, mark in zip(entries, marks, strict=True) if int(mark or 0) >= entry.started_ms]
 
     async def done(self, entry_ids: list[str]) -> None:
         if not entry_ids:
@@ -445,7 +481,7 @@ def _entry(entry_id: str, fields: Mapping[str, str]) -> IndexEntry:
         session_id=fields["session_id"],
         user=fields.get("user", ""),
         turn_id=fields["turn_id"],
-        seq=int(fields["seq"]),
+        started_ms=int(fields.get("started_ms", 0)),
         created_ms=int(fields.get("created_ms", 0)),
         messages=[StoredMessage(**m) for m in json.loads(fields["messages"])],
     )

@@ -322,3 +322,22 @@ async def test_forgetting_a_message_blanks_it_in_the_history(raw_store: SessionS
 
     _, turns = await raw_store.context(tenant, "s1")
     assert [m.content for m in turns[0].messages] == ["[forgotten]", "noted"]
+
+
+async def test_a_refused_turn_is_queued_but_not_live(raw_store: SessionStore, tenant: str) -> None:
+    """The queue entry is written in the append's round trip whatever the script decides; the
+    indexer must find a refused turn (session deleted after the turn started) not live."""
+    await raw_store.ensure_queue()
+    started = int(time.time() * 1000) - 1000
+    await raw_store.append(tenant, "s1", "turn-1", turn("a", "b"))
+    await raw_store.delete_session(tenant, "s1")
+    with pytest.raises(SessionDeletedError):
+        await raw_store.append(tenant, "s1", "turn-2", turn("late", "x"), started_at_ms=started)
+    await raw_store.append(tenant, "s2", "turn-3", turn("c", "d"))
+
+    claimed = {e.turn_id: e for e in await raw_store.claim("c1", 100, 0, 60_000) if e.tenant == tenant}
+    await raw_store.done([e.entry_id for e in claimed.values()])
+
+    assert not claimed["turn-1"].live  # its session was deleted after it started
+    assert (claimed["turn-2"].live, claimed["turn-2"].seq) == (False, 0)  # never stored
+    assert (claimed["turn-3"].live, claimed["turn-3"].seq) == (True, 1)
