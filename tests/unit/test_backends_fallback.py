@@ -230,3 +230,26 @@ async def test_over_grpc_the_chosen_model_and_the_tried_ones_come_back(faulty: F
 
 def answer_messages() -> list[common_pb2.ChatMessage]:
     return [common_pb2.ChatMessage(role="user", content="hi")]
+
+
+@pytest.mark.parametrize("how", ["cancel message", "client gone"])
+async def test_cancelling_the_rpc_closes_the_upstream_stream(faulty: FaultServer, how: str) -> None:
+    faulty.mode = "hang"
+    reg = registry(config("faulty", faulty.base_url, read_timeout_s=30))
+    async with serve_inference(reg) as stub:
+        call = stub.Generate()
+        await call.write(
+            inference_pb2.GenerateRequest(
+                start=inference_pb2.StartGeneration(model="faulty/m", messages=answer_messages())
+            )
+        )
+        assert (await call.read()).WhichOneof("event") == "started"
+        assert (await call.read()).delta.text == "Hello"
+        assert faulty.open_connections == 1
+        if how == "cancel message":
+            await call.write(inference_pb2.GenerateRequest(cancel=inference_pb2.CancelGeneration()))
+            assert (await call.read()).end.cancelled
+        else:
+            call.cancel()
+
+        await faulty.wait_closed_connections()

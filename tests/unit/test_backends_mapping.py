@@ -99,7 +99,8 @@ def test_a_raw_prompt_is_refused() -> None:
         ({"frequency_penalty": 0.5}, "frequency_penalty"),
         ({"logprobs": 0}, "logprobs"),
         ({"json_object": True}, "response_format"),
-        ({"temperature": 1.5}, "temperature"),
+        ({"temperature": 1.0}, "temperature"),
+        ({"top_p": 0.9}, "top_p"),
     ],
 )
 def test_anthropic_refuses_what_the_messages_api_cannot_do(change: dict[str, Any], param: str) -> None:
@@ -149,7 +150,6 @@ def test_anthropic_request_has_max_tokens_always_and_stop_sequences() -> None:
         "stream": True,
         "system": "sys",
         "stop_sequences": ["END"],
-        "temperature": 0.2,
     }
     assert anthropic.request_body(job(max_tokens=5), "m", "", [], 99)["max_tokens"] == 5
 

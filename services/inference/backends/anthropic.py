@@ -7,10 +7,12 @@ order; consecutive messages of one role are merged, as the API wants turns to al
 `default_max_tokens`. The stream's events become deltas: text deltas, the stop reason mapped
 to OpenAI's finish reason, and the usage from `message_start` and `message_delta`.
 
-Honoured: temperature (0..1, Anthropic's range), top_p, max_tokens, stop (stop_sequences).
-Refused, as the Messages API has no equivalent: n > 1, seed, presence/frequency penalties,
-logprobs, response_format, tools and tool messages; and what base.check_common refuses.
-Like the OpenAI kinds it always streams upstream and leaves retries to the registry.
+Honoured: max_tokens, stop (stop_sequences). Refused, as the Messages API (version
+2026-10-21, which the SDK speaks) has no equivalent: temperature and top_p (its sampling
+parameters are gone: a request carrying one is a 400 even at the default value), n > 1, seed,
+presence/frequency penalties, logprobs, response_format, tools and tool messages; and what
+base.check_common refuses. Like the OpenAI kinds it always streams upstream and leaves
+retries to the registry.
 """
 
 from __future__ import annotations
@@ -67,17 +69,13 @@ def check(job: GenerationJob, config: BackendConfig) -> None:
     sampling = job.sampling
     if sampling.n != 1:
         raise refuse("n", config, ": one choice per request")
-    for name in ("seed", "presence_penalty", "frequency_penalty", "logprobs"):
+    for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "logprobs"):
         if getattr(sampling, name) is not None:
             raise refuse(name, config)
     if sampling.json_schema is not None or sampling.json_object:
         raise refuse("response_format", config)
     if job.tools:
         raise refuse("tools", config)
-    if sampling.temperature is not None and sampling.temperature > 1:
-        raise InvalidArgumentError(
-            f"`temperature` must be at most 1 for the model's backend `{config.name}` (anthropic)", "temperature"
-        )
 
 
 def request_body(
@@ -94,10 +92,6 @@ def request_body(
         body["system"] = system
     if sampling.stop:
         body["stop_sequences"] = list(sampling.stop)
-    if sampling.temperature is not None:
-        body["temperature"] = sampling.temperature
-    if sampling.top_p is not None:
-        body["top_p"] = sampling.top_p
     return body
 
 

@@ -40,28 +40,31 @@ class BackendUnavailableError(Exception):
         self.reason = reason
 
 
-def status_error(backend: str, status: int, message: str) -> Exception:
-    """An upstream HTTP error status: the client's error (4xx) or a reason to fall back."""
+def status_error(backend: str, status: int, message: str, param: str | None = None) -> Exception:
+    """An upstream HTTP error status: the client's error (4xx, naming the upstream's `param`) or a
+    reason to fall back."""
     if status >= 500 or status in FALLBACK_STATUSES:
         return BackendUnavailableError(backend, "rate limited (429)" if status == 429 else f"HTTP {status}")
-    reason = "context_length_exceeded" if "context length" in message.lower() else ""
-    return InvalidArgumentError(f"the backend `{backend}` refused the request: {message}", None, reason)
+    too_long = any(words in message.lower() for words in ("context length", "max_model_len", "context window"))
+    reason = "context_length_exceeded" if too_long else ""
+    return InvalidArgumentError(f"the backend `{backend}` refused the request: {message}", param, reason)
 
 
-def _body_message(body: object) -> str:
-    """The message of an error body, OpenAI's ({"message"} or {"error": {"message"}}) or Anthropic's."""
+def _body_field(body: object, name: str) -> str:
+    """A field of an error body, OpenAI's ({"message", "param"} or {"error": {...}}) or Anthropic's."""
     if not isinstance(body, dict):
         return ""
     inner = body.get("error")
-    message = body.get("message") or (inner.get("message") if isinstance(inner, dict) else None)
-    return message if isinstance(message, str) else ""
+    value = body.get(name) or (inner.get(name) if isinstance(inner, dict) else None)
+    return value if isinstance(value, str) else ""
 
 
 def sdk_error(backend: str, exc: Exception, sdk: ModuleType) -> Exception:
     """An error of the `openai` or `anthropic` SDK (they share their exception classes' names) as
     the client's error or a reason to fall back. Messages never carry a URL."""
     if isinstance(exc, sdk.APIStatusError):
-        return status_error(backend, exc.status_code, _body_message(exc.body) or exc.message)
+        message = _body_field(exc.body, "message") or exc.message
+        return status_error(backend, exc.status_code, message, _body_field(exc.body, "param") or None)
     if isinstance(exc, sdk.APITimeoutError):
         return BackendUnavailableError(backend, "timed out")
     if isinstance(exc, sdk.APIConnectionError):
