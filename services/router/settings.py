@@ -20,7 +20,7 @@ class RouterSettings(ServiceSettings):
     inference_target: str = "127.0.0.1:8102"
     catalog_refresh_s: float = Field(default=10.0, gt=0)
     # A query not embedded within this is routed by the keyword rules...
-    embed_timeout_s: float = Field(default=0.5, gt=0)
+    embed_timeout_s: float = Field(default=1.0, gt=0)
     # ...and so are the requests of the next this many seconds (no timeout paid on each).
     embed_pause_s: float = Field(default=5.0, ge=0)
     # Embedding the agents' examples (at start-up and on reload), and retrying while it fails.

@@ -90,15 +90,25 @@ def _settings(port: int) -> ServiceSettings:
 
 @contextlib.asynccontextmanager
 async def router_mesh(
-    embedder: Embedder, config_path: Path = SHIPPED_CONFIG, served: list[str] | None = None, embed_pause_s: float = 5.0
+    embedder: Embedder,
+    config_path: Path = SHIPPED_CONFIG,
+    served: list[str] | None = None,
+    embed_pause_s: float = 5.0,
+    embed_down: bool = False,
 ) -> AsyncIterator[RouterMesh]:
     """Starts both servers; the catalog is refreshed and the examples embedded before it yields."""
     stand_in = StandInInference(embedder, served if served is not None else [LOCAL_MODEL])
+    stand_in.embed_down = embed_down
     inference_port, router_port = free_port(), free_port()
     inference_target = f"127.0.0.1:{inference_port}"
     to_inference = insecure_channel(inference_target)
     live, catalog = build(
-        RouterSettings(config_path=config_path, inference_target=inference_target, embed_pause_s=embed_pause_s),
+        RouterSettings(
+            config_path=config_path,
+            inference_target=inference_target,
+            embed_timeout_s=5.0,  # a busy test machine must not turn a slow query into a fallback
+            embed_pause_s=embed_pause_s,
+        ),
         inference_pb2_grpc.InferenceServiceStub(to_inference),
     )
     inference_spec = ServiceSpec("inference", [INFERENCE], lambda s: s.add_generic_rpc_handlers((stand_in.handlers(),)))
