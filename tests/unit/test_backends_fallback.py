@@ -253,3 +253,28 @@ async def test_cancelling_the_rpc_closes_the_upstream_stream(faulty: FaultServer
             call.cancel()
 
         await faulty.wait_closed_connections()
+
+
+class EngineDeadError(Exception):
+    """Stands for vLLM's own, matched by its module and name (importing vLLM takes seconds)."""
+
+
+EngineDeadError.__module__ = "vllm.v1.engine.exceptions"
+
+
+class DeadEngine(InstantBackend):
+    async def generate(self, job: GenerationJob) -> AsyncIterator[Event]:
+        raise EngineDeadError("EngineCore encountered an issue")
+        yield  # an async generator, as the engine pool's is
+
+
+async def test_a_dead_local_engine_falls_back_to_an_external_backend(faulty: FaultServer) -> None:
+    faulty.mode = "ok"
+    externals = [external_backend(config("faulty", faulty.base_url), PromptLimits())]
+    reg = BackendRegistry(DeadEngine(LOCAL), "vllm", externals, Cooldowns(2, 30.0, Clock()))
+
+    events = await run(reg, job(LOCAL, "faulty/m"))
+
+    assert isinstance(events[0], Started)
+    assert (events[0].backend_model, events[0].tried) == ("faulty/m", [LOCAL])
+    assert "".join(e.text for e in events if isinstance(e, Delta)) == "Hello world"

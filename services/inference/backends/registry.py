@@ -111,9 +111,22 @@ def local_kind(backend: Backend) -> str:
     return "vllm" if isinstance(backend, EnginePool) else "instant"
 
 
-def _engine_down(exc: BaseException) -> bool:
-    """vLLM's engine process died or cannot take requests: the local backend is down."""
-    return type(exc).__module__.startswith("vllm") and type(exc).__name__ in ("EngineDeadError", "EngineGenerateError")
+def _unavailable(exc: Exception) -> BackendUnavailableError | None:
+    """The failure as a backend being down (an external one's, or vLLM's engine process that died
+    or cannot take requests); None: the request's own fault, or a bug."""
+    if isinstance(exc, BackendUnavailableError):
+        return exc
+    if type(exc).__module__.startswith("vllm") and type(exc).__name__ in ("EngineDeadError", "EngineGenerateError"):
+        return BackendUnavailableError(LOCAL, "engine down")
+    return None
+
+
+async def _close(events: AsyncIterator[Event]) -> None:
+    """Ends an attempt: an async generator's close runs its cleanup (closing the upstream stream,
+    aborting the engine request)."""
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 class BackendRegistry:
@@ -201,21 +214,12 @@ class BackendRegistry:
                     log.info("candidate cannot honour the request, skipped", extra={"model": model, "why": exc.message})
         return chain
 
-    def _attempt(self, target: _Target, job: GenerationJob) -> AsyncGenerator[Event, None]:
+    def _attempt(self, target: _Target, job: GenerationJob) -> AsyncIterator[Event]:
         # Each attempt gets its own copy: the local pool writes tool-call constraints into it.
         own = replace(job, model=target.model, sampling=replace(job.sampling))
         if target.external is not None:
             return target.external.generate(own, target.upstream)
-        return self._local(own)
-
-    async def _local(self, job: GenerationJob) -> AsyncGenerator[Event, None]:
-        try:
-            async for event in self.local.generate(job):
-                yield event
-        except Exception as exc:
-            if _engine_down(exc):
-                raise BackendUnavailableError(LOCAL, "engine down") from exc
-            raise
+        return self.local.generate(own)
 
     @staticmethod
     async def _until_first_token(target: _Target, events: AsyncIterator[Event]) -> tuple[Started, list[Event]]:
@@ -258,14 +262,17 @@ class BackendRegistry:
             events = self._attempt(target, job)
             try:
                 head, first = await self._until_first_token(target, events)
-            except BackendUnavailableError as exc:
-                await events.aclose()
-                self._failed(target, exc.reason)
+            except Exception as exc:
+                await _close(events)
+                down = _unavailable(exc)
+                if down is None:
+                    raise
+                self._failed(target, down.reason)
                 tried.append(target.model)
-                why.append(f"{target.backend} ({exc.reason})")
+                why.append(f"{target.backend} ({down.reason})")
                 continue
-            except BaseException:
-                await events.aclose()
+            except BaseException:  # cancelled
+                await _close(events)
                 raise
             self.cooldowns.succeeded(target.backend)
             ATTEMPTS.labels(target.backend, "ok").inc()
@@ -278,15 +285,18 @@ class BackendRegistry:
                     yield event
                 async for event in events:
                     yield event
-            except BackendUnavailableError as exc:
-                self._failed(target, exc.reason, "failed_mid_stream")
+            except Exception as exc:
+                down = _unavailable(exc)
+                if down is None:
+                    raise
+                self._failed(target, down.reason, "failed_mid_stream")
                 raise MeshError(
                     grpc.StatusCode.UNAVAILABLE,
-                    f"the backend `{target.backend}` failed after the answer had started ({exc.reason})",
+                    f"the backend `{target.backend}` failed after the answer had started ({down.reason})",
                     "backend_failed",
                 ) from None
             finally:
-                await events.aclose()  # closes the upstream stream if the consumer stopped early
+                await _close(events)  # closes the upstream stream if the consumer stopped early
             return
         EXHAUSTED.inc()
         log.warning("no candidate could answer", extra={"tried": why})
