@@ -22,6 +22,7 @@ from services.gateway.streaming import (
     NO_RESULT,
     SSE_HEADERS,
     chat_logprobs,
+    decision_headers,
     first_event,
     sse,
     unless_disconnected,
@@ -64,6 +65,7 @@ def create_router(pipeline: ChatPipeline, caller: Callable[..., Awaitable[Caller
         events = limiter.limit(caller_, turn, pipeline.run(turn))
         # The decision (Accepted) comes first: a bad request fails here, before any 200.
         first = await unless_disconnected(request, first_event(events))
+        headers.update(decision_headers(first))
         if first.recall_skipped:
             headers[RECALL_HEADER] = "skipped"
         if body.stream:

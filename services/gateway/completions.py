@@ -28,6 +28,7 @@ from services.gateway.protocol import INT32_MAX, GenerationRequest
 from services.gateway.streaming import (
     DONE,
     SSE_HEADERS,
+    decision_headers,
     first_event,
     sse,
     unless_disconnected,
@@ -126,12 +127,15 @@ def create_router(pipeline: ChatPipeline, caller: Callable[..., Awaitable[Caller
         # Every generation is accepted before anything is sent: a bad request is a plain error.
         firsts = await unless_disconnected(request, asyncio.gather(*(first_event(s) for s in streams)))
         prompt_tokens = sum(f.prompt_tokens for f in firsts)
+        headers = decision_headers(firsts[0])  # the first prompt's (all share the model and no persona)
         events = _merge(streams, body.n)
         if body.stream:
             return StreamingResponse(
-                completion.sse(events, prompt_tokens), media_type="text/event-stream", headers=SSE_HEADERS
+                completion.sse(events, prompt_tokens),
+                media_type="text/event-stream",
+                headers={**headers, **SSE_HEADERS},
             )
-        return JSONResponse(await unless_disconnected(request, completion.collect(events)))
+        return JSONResponse(await unless_disconnected(request, completion.collect(events)), headers=headers)
 
     return router
 

@@ -20,6 +20,10 @@ TOKENS = Counter("llmmesh_gateway_tokens_total", "Tokens served, by kind.", ["ki
 NO_RESULT = (grpc.StatusCode.INTERNAL, "the generation ended without a result")
 DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# Who answered: the agent the router chose and the model that took the request. Headers, so
+# the JSON body stays exactly OpenAI's; for SSE they go out with the first event.
+AGENT_HEADER = "X-Llmmesh-Agent"
+BACKEND_HEADER = "X-Llmmesh-Backend"
 
 
 def sse(payload: dict[str, Any]) -> bytes:
@@ -32,6 +36,12 @@ async def first_event(events: AsyncIterator[Any]) -> Accepted:
     if not isinstance(first, Accepted):
         raise MeshError(*NO_RESULT)
     return first
+
+
+def decision_headers(accepted: Accepted) -> dict[str, str]:
+    """The agent and backend headers of a request, from its Accepted event."""
+    headers = {AGENT_HEADER: accepted.agent, BACKEND_HEADER: accepted.backend_model}
+    return {name: value for name, value in headers.items() if value}
 
 
 async def unless_disconnected(request: Request, work: Any) -> Any:
