@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psutil
@@ -59,16 +59,19 @@ _ENGINE_VARIABLES = (
 
 
 @contextlib.contextmanager
-def vllm_server(model_path: Path, port: int, run_dir: Path, engine_env: dict[str, str], name: str) -> Iterator[str]:
+def vllm_server(
+    model_path: Path, port: int, run_dir: Path, engine_env: dict[str, str], name: str, extra_args: Sequence[str] = ()
+) -> Iterator[str]:
     """vLLM's own OpenAI server on the same model and serving settings as llmmesh's inference;
-    `engine_env` holds its CPU engine's settings (vLLM's VLLM_CPU_* variables)."""
+    `engine_env` holds its CPU engine's settings (vLLM's VLLM_CPU_* variables), `extra_args`
+    more of its command-line options."""
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / f"{name}.log"
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_path), "--served-model-name", MODEL,
         "--dtype", "float32", "--enforce-eager", "--max-num-seqs", "64",
-        "--host", "127.0.0.1", "--port", str(port), "--disable-log-stats",
+        "--host", "127.0.0.1", "--port", str(port), "--disable-log-stats", *extra_args,
     ]  # fmt: skip
     inherited = {k: v for k, v in os.environ.items() if k not in _ENGINE_VARIABLES}
     env = {**inherited, "HF_HUB_OFFLINE": "1", **engine_env}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import engine_path, hops, memory, paced
+from bench import engine_path, hops, memory, multiturn, paced
 from bench.harness import Benchmark
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -12,4 +12,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "hops": Benchmark("hops", "what Envoy, gateway, router, memory and the gRPC hops cost", hops.run),
     "memory": Benchmark("memory", "long-term memory: indexing, recall latency, embedding", memory.run),
     "paced": Benchmark("paced", "the mesh in front of a simulated GPU-speed engine, ramped", paced.run),
+    "multiturn": Benchmark(
+        "multiturn", "sessions over many turns: llmmesh holding the history vs the client resending it", multiturn.run
+    ),
 }
