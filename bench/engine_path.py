@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from bench.harness import Context, Report, Row, Target
+from bench.harness import Context, Report, Row, Target, percentile
 from bench.procs import MODEL, llmmesh_stack, vllm_server
 from services.inference import sizing
 from services.inference.model_store import prepare_default_model
@@ -117,12 +117,12 @@ class _Probe:
         self._thread.join()
 
     def row(self, case: str) -> Row:
-        ordered = sorted(self.latencies_ms) or [float("nan")]
-
-        def pick(q: float) -> float:
-            return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-        return Row(case, {"probe_p50_ms": pick(0.5), "probe_p99_ms": pick(0.99)}, {"probes": len(self.latencies_ms)})
+        latencies = self.latencies_ms
+        return Row(
+            case,
+            {"probe_p50_ms": percentile(latencies, 0.5), "probe_p99_ms": percentile(latencies, 0.99)},
+            {"probes": len(latencies)},
+        )
 
 
 def run(ctx: Context) -> Report:

@@ -29,7 +29,7 @@ from typing import Any
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
-from bench.harness import Context, Report, Row, Target
+from bench.harness import Context, Report, Row, Target, percentile
 from bench.procs import MODEL, llmmesh_stack, vllm_server
 from services.inference import sizing
 from services.inference.model_store import prepare_default_model
@@ -79,20 +79,15 @@ class Side:
         return Row(
             self.name,
             {
-                "ttft_p50_ms": _pct(ttft, 0.5),
-                "ttft_p99_ms": _pct(ttft, 0.99),
-                "last_turn_ttft_p50_ms": _pct(last, 0.5),
+                "ttft_p50_ms": percentile(ttft, 0.5),
+                "ttft_p99_ms": percentile(ttft, 0.99),
+                "last_turn_ttft_p50_ms": percentile(last, 0.5),
                 "prompt_tokens_mean": sum(prompts) / max(len(prompts), 1),
                 "last_turn_prompt_tokens": sum(last_prompts) / max(len(last_prompts), 1),
                 "failed": float(len(self.turns) - len(self.ok)),
             },
             {"turns": len(self.turns)},
         )
-
-
-def _pct(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values) or [float("nan")]
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _question(session: int, turn: int) -> str:
@@ -201,7 +196,7 @@ def run(ctx: Context) -> Report:
         Row(
             f"{side.name}, turn {number}",
             {
-                "ttft_p50_ms": _pct([t.ttft_ms for t in side.ok if t.turn == number], 0.5),
+                "ttft_p50_ms": percentile([t.ttft_ms for t in side.ok if t.turn == number], 0.5),
                 "prompt_tokens_mean": _mean([t.prompt_tokens for t in side.ok if t.turn == number]),
             },
         )

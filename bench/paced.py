@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from bench.harness import Context, Report, Row, Target
+from bench.harness import Context, Report, Row, Target, percentile
 from bench.procs import MODEL, CpuMeter, llmmesh_stack
 
 RATE = 100.0  # tokens/s per stream, an H100-class engine's decode speed for one sequence
@@ -37,11 +37,6 @@ class _Level:
     tokens: int = 0
     ttft_ms: list[float] = field(default_factory=list)
     lateness_ms: list[float] = field(default_factory=list)
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values) or [float("nan")]
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def _stream(session: aiohttp.ClientSession, url: str, level: _Level) -> None:
@@ -111,7 +106,7 @@ def run(ctx: Context) -> Report:
                 level = asyncio.run(_run_level(url, stack.api_key, streams, seconds))
             offered = streams * RATE
             delivered = level.tokens / level.seconds
-            itl_p99 = _pct(level.lateness_ms, 0.99)
+            itl_p99 = percentile(level.lateness_ms, 0.99)
             sustained = delivered >= SUSTAIN_DELIVERED * offered and itl_p99 <= SUSTAIN_ITL_P99_MS
             if sustained:
                 ceiling = max(ceiling, offered)
@@ -122,9 +117,9 @@ def run(ctx: Context) -> Report:
                         "offered_tok_s": offered,
                         "delivered_tok_s": delivered,
                         "delivered_share": delivered / offered,
-                        "added_ttft_p50_ms": _pct(level.ttft_ms, 0.5),
-                        "added_ttft_p99_ms": _pct(level.ttft_ms, 0.99),
-                        "added_itl_p50_ms": _pct(level.lateness_ms, 0.5),
+                        "added_ttft_p50_ms": percentile(level.ttft_ms, 0.5),
+                        "added_ttft_p99_ms": percentile(level.ttft_ms, 0.99),
+                        "added_itl_p50_ms": percentile(level.lateness_ms, 0.5),
                         "added_itl_p99_ms": itl_p99,
                     },
                     {"streams": streams, "seconds": round(level.seconds, 1), "sustained": sustained},

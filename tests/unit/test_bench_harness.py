@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
-from bench.harness import Report, Row, Target, format_report, plot_report, write_results
+from bench.harness import Report, Row, Target, format_report, percentile, plot_report, write_results
 from bench.hops import parse_wrk
 
 WRK_OUTPUT = """Running 4s test @ http://127.0.0.1:48080/v1/chat/completions
@@ -27,7 +28,22 @@ Transfer/sec:     75.00KB
 def test_parse_wrk_reads_rate_percentiles_and_errors() -> None:
     figures = parse_wrk(WRK_OUTPUT)
 
-    assert figures == {"req_s": 97.2, "p50_ms": 165.0, "p90_ms": 187.7, "p99_ms": 1020.0, "errors": 3.0}
+    assert figures == {
+        "req_s": 97.2,
+        "requests": 389.0,
+        "p50_ms": 165.0,
+        "p90_ms": 187.7,
+        "p99_ms": 1020.0,
+        "errors": 3.0,
+    }
+
+
+def test_percentile_is_the_nearest_rank_and_nan_for_nothing() -> None:
+    values = [float(v) for v in range(1, 101)]  # 1..100, shuffled order must not matter
+    values.reverse()
+
+    assert (percentile(values, 0.5), percentile(values, 0.99), percentile(values, 1.0)) == (51.0, 100.0, 100.0)
+    assert math.isnan(percentile([], 0.5))
 
 
 def report() -> Report:
