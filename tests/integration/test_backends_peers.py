@@ -162,3 +162,19 @@ async def test_a_dead_backend_or_an_unknown_upstream_model_falls_back_to_the_nex
     assert answer.started.backend_model == f"claude/{MODEL}"
     assert list(answer.started.tried) == ["down/m", "vllm/no-such-model"]
     assert answer.text == reference["choices"][0]["message"]["content"]
+
+
+async def test_tools_reach_the_upstream_which_judges_them(stub: inference_pb2_grpc.InferenceServiceStub) -> None:
+    """The peer runs without a tool parser (as the benchmark starts it), so it refuses a named
+    tool choice: its refusal, reaching the client as a 400, shows the tools went through."""
+    tool = {"type": "function", "function": {"name": "pick_color", "parameters": {"type": "object"}}}
+    request = start(f"vllm/{MODEL}", "local", max_tokens=20)
+    request.tools_json = json.dumps([tool])
+    request.tool_choice, request.tool_name = "function", "pick_color"
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await generate(stub, request)
+
+    error = from_rpc_error(raised.value)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert 'tool_choice=function "pick_color"' in error.message
