@@ -7,8 +7,9 @@ Model ids: the local engines' model keeps its name; an external backend's model 
 A request names a model and, optionally, candidates to try after it. Each is tried in turn
 until one produces its first token (a delta, or the end of an empty answer):
 - a failure before that (connection refused, timeout, HTTP 5xx or 429, an upstream silent past
-  its ``first_token_timeout_s``, a local engine that died) moves on to the next, unseen by the
-  client; only then does ``Started`` go out, naming the model that answers and those tried;
+  its ``first_token_timeout_s``, a local engine that died; also HTTP 401/403/404, a backend
+  whose key or model list is wrong) moves on to the next, unseen by the client; only then does
+  ``Started`` go out, naming the model that answers and those tried;
 - a failure after it ends the stream with UNAVAILABLE: the client has text already, and a
   second answer spliced onto it would be wrong;
 - a backend with too many failures in a row is skipped while it cools down (cooldown.py);
