@@ -103,10 +103,10 @@ class Routing(_Strict):
     """How the agent is chosen from the content when the model is `llmmesh`."""
 
     # Below this combined score (similarity, plus the keyword bonus) the default agent answers.
-    threshold: float = Field(default=0.4, ge=0, le=1)
+    threshold: float = Field(default=0.2, ge=0, le=1)
     # An agent's similarity: to its closest example (`max`) or to the mean of its examples (`centroid`).
     scoring: Literal["max", "centroid"] = "max"
-    # Added to the similarity of an agent whose keyword appears in the turn.
+    # Added to the similarity of an agent whose keyword appears in the turn; a hit alone clears the threshold.
     keyword_bonus: float = Field(default=0.15, ge=0, le=1)
     # How many of the latest user turns are read (newest first, one embedding).
     user_turns: int = Field(default=2, ge=1, le=10)

@@ -187,10 +187,11 @@ class RoutingPolicy:
     # ---------------------------------------------------------------- the content
 
     def choose(self, text: str, query: Vector | None) -> Choice:
-        """The agent for this text. Semantic similarity plus a bonus for a keyword hit; the best
-        score below the threshold gives the default agent. Without a query vector (the
-        embedding model is away, or the examples are not embedded yet) the first agent with a
-        keyword hit answers, else the default agent."""
+        """The agent for this text: the best score, where a score is the similarity to the
+        agent's examples, plus a bonus for a keyword hit (which alone clears the threshold, so an
+        agent with keywords and no examples can win too). Below the threshold the default agent
+        answers. Without a query vector (the embedding model is away, or the examples are not
+        embedded yet) the first agent with a keyword hit answers, else the default agent."""
         config = self.config
         hits = self._rules.hits(text) if text else {}
         if query is None or self.vectors is None or query.shape != (self.vectors.dimensions,):
@@ -200,10 +201,9 @@ class RoutingPolicy:
             return Choice(config.default, "default")
         routing = config.routing
         similarity = self.vectors.similarities(query, routing.scoring)
-        scores = {
-            a.name: similarity.get(a.name, 0.0) + (routing.keyword_bonus if a.name in hits else 0.0)
-            for a in config.agents
-        }
+        scores = {a.name: similarity.get(a.name, 0.0) for a in config.agents}
+        for name in hits:
+            scores[name] = max(scores[name] + routing.keyword_bonus, routing.threshold)
         best = max(scores, key=lambda name: scores[name])  # ties: the first in config order
         if scores[best] < routing.threshold:
             return Choice(config.default, "default")

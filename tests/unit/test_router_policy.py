@@ -144,6 +144,26 @@ def test_a_keyword_adds_its_bonus(policy: RoutingPolicy) -> None:
     assert choose(policy, "my code", query(coder=0.1, coach=0.9)) == ("coach", "semantic:0.90")
 
 
+def test_a_keyword_alone_clears_the_threshold(policy: RoutingPolicy) -> None:
+    assert choose(policy, "my code", query(coder=0.1, general=0.2)) == ("coder", "keyword:code")
+    assert choose(policy, "my code", query(coder=0.1, general=0.6)) == ("general", "semantic:0.60")
+
+
+def test_an_agent_without_examples_wins_by_its_keywords() -> None:
+    raw = config()
+    raw["agents"].append({"name": "poet", "description": "Poems.", "keywords": ["sonnet"]})
+    vectors = {
+        "g1": axis("general"),
+        "g2": axis("general"),
+        "c1": axis("coder"),
+        "c2": axis("coder"),
+        "s1": axis("coach"),
+    }
+    policy = RoutingPolicy(parse_config(raw)).with_vectors(vectors)
+
+    assert choose(policy, "a sonnet please", query(general=0.3)) == ("poet", "keyword:sonnet")
+
+
 @pytest.mark.parametrize(
     ("text", "agent", "reason"),
     [
