@@ -103,6 +103,9 @@ class LivePolicy:
                 embedding_started = time.perf_counter()
                 query = await self._embeddings.query(text)
                 embedding_s = time.perf_counter() - embedding_started
+                if query is not None and not policy.fits(query):
+                    self._embedding_model_changed(policy)
+                    query = None
             elif text:
                 FALLBACKS.labels("examples_pending").inc()
             choice = policy.choose(text, query)
@@ -116,6 +119,15 @@ class LivePolicy:
             DECISION_SECONDS.labels("embedding").observe(embedding_s)
         DECISION_SECONDS.labels("decision").observe(time.perf_counter() - started - embedding_s)
         return plan
+
+    def _embedding_model_changed(self, policy: RoutingPolicy) -> None:
+        """The query's vector does not fit the examples' (the inference service now runs another
+        embedding model): the examples are embedded again, in the background."""
+        FALLBACKS.labels("model_changed").inc()
+        log.warning("the embedding model changed; embedding the agents' examples again")
+        if self.policy is policy:
+            self._vectors.clear()
+            self.policy = RoutingPolicy(policy.config)
 
     # ---------------------------------------------------------------- config
 

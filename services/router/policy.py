@@ -164,6 +164,10 @@ class RoutingPolicy:
         """Examples are embedded (else content choice uses the keyword rules alone)."""
         return self.vectors is not None
 
+    def fits(self, query: Vector) -> bool:
+        """The query comes from the model the examples were embedded with (same size)."""
+        return self.vectors is not None and query.shape == (self.vectors.dimensions,)
+
     # ---------------------------------------------------------------- the model name
 
     def target(self, model: str, served: Sequence[str]) -> Target:
@@ -194,7 +198,7 @@ class RoutingPolicy:
         embedded yet) the first agent with a keyword hit answers, else the default agent."""
         config = self.config
         hits = self._rules.hits(text) if text else {}
-        if query is None or self.vectors is None or query.shape != (self.vectors.dimensions,):
+        if query is None or self.vectors is None or not self.fits(query):
             for agent in config.agents:
                 if agent.name in hits:
                     return Choice(agent, f"keyword:{hits[agent.name]}")

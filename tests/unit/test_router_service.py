@@ -212,6 +212,19 @@ async def test_examples_not_yet_embedded_route_by_keywords_until_they_are(
         assert (await route(mesh, text=SPORT)).reason.startswith(("semantic:", "keyword:"))
 
 
+async def test_a_new_embedding_model_gets_the_examples_embedded_again(mesh: RouterMesh) -> None:
+    # As if the examples had been embedded by a model with other dimensions.
+    stale = {text: [1.0, 0.0, 0.0] for text in mesh.live.policy.example_texts}
+    mesh.live.policy = mesh.live.policy.with_vectors(stale)
+    changed = counted("model_changed")
+
+    assert (await route(mesh, text="my python script is slow")).reason == "keyword:python"
+    assert counted("model_changed") == changed + 1
+    assert not mesh.live.policy.semantic_ready
+    assert await mesh.live.embed_examples()
+    assert (await route(mesh, text=SPORT)).agent.name == "sports-coach"
+
+
 # ---------------------------------------------------------------- reloads
 
 
