@@ -7,7 +7,6 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import Sequence
 
 import pytest
 
@@ -95,24 +94,64 @@ async def test_aembed_matches_embed(embedder: Embedder) -> None:
     assert await embedder.aembed([]) == ([], 0)
 
 
-async def test_aembed_runs_one_call_at_a_time(embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_aembed_batches_waiting_calls_one_batch_at_a_time(
+    embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls that arrive while a batch is computed go together into the next one; a text asked
+    twice is computed once; never two batches at once."""
     running, most = 0, 0
+    batches: list[list[str]] = []
     guard = threading.Lock()
-    real_embed = embedder.embed
+    real = embedder._embed_each
 
-    def tracked(texts: Sequence[str]) -> tuple[list[list[float]], int]:
+    def tracked(texts: list[str]) -> tuple[list[list[float]], list[int]]:
         nonlocal running, most
         with guard:
             running += 1
             most = max(most, running)
-        time.sleep(0.02)  # long enough for a second call to overlap, were it allowed to
+            batches.append(list(texts))
+        time.sleep(0.02)  # long enough for a second batch to overlap, were it allowed to
         try:
-            return real_embed(texts)
+            return real(texts)
         finally:
             with guard:
                 running -= 1
 
-    monkeypatch.setattr(embedder, "embed", tracked)
-    results = await asyncio.gather(*(embedder.aembed([f"text {i}"]) for i in range(6)))
-    assert len(results) == 6
+    monkeypatch.setattr(embedder, "_embed_each", tracked)
+    texts = [f"text {i % 4}" for i in range(8)]  # each text asked twice
+    results = await asyncio.gather(*(embedder.aembed([t]) for t in texts))
+
     assert most == 1
+    assert sorted(t for batch in batches for t in batch) == sorted(set(texts))  # each computed once
+    assert len(batches) <= 2
+    for text, (vectors, tokens) in zip(texts, results, strict=True):
+        assert cosine(vectors[0], embedder.embed([text])[0][0]) > 0.9999
+        assert tokens == embedder.count_tokens([text])
+
+
+async def test_a_cancelled_caller_leaves_the_shared_result_to_the_others(embedder: Embedder) -> None:
+    first = asyncio.ensure_future(embedder.aembed(["the same question"]))
+    second = asyncio.ensure_future(embedder.aembed(["the same question"]))
+    await asyncio.sleep(0)
+    first.cancel()
+
+    vectors, tokens = await second
+
+    assert len(vectors) == 1
+    assert tokens == embedder.count_tokens(["the same question"])
+
+
+async def test_a_failed_batch_fails_its_callers_and_not_the_next(
+    embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = embedder._embed_each
+
+    def broken(texts: list[str]) -> tuple[list[list[float]], list[int]]:
+        raise RuntimeError("fault injected")
+
+    monkeypatch.setattr(embedder, "_embed_each", broken)
+    with pytest.raises(RuntimeError, match="fault injected"):
+        await embedder.aembed(["a"])
+    monkeypatch.setattr(embedder, "_embed_each", real)
+    vectors, _ = await embedder.aembed(["a"])
+    assert len(vectors) == 1
