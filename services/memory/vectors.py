@@ -12,6 +12,10 @@ The index is Qdrant's multitenancy layout: no global HNSW graph (m=0), one graph
 (payload_m) over the `tenant` field, and payload indexes on the fields recall filters by. A
 recall narrowed to a session and a user selects few points, which Qdrant scores exactly
 through the payload indexes; the graphs serve searches over a whole tenant.
+
+Knowledge (documents added for retrieval, one passage per point) lives beside the memories,
+never among them: in its own shard (embedded engine) or its own collection (server), with
+the same tenant rules. A memory call cannot reach a passage, nor a knowledge call a memory.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import math
 import os
@@ -29,7 +34,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -37,6 +42,7 @@ import grpc
 import httpx
 import qdrant_edge as qe
 from qdrant_client import AsyncQdrantClient, models
+from qdrant_client.conversions.common_types import PointId
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from services.common.errors import InvalidArgumentError
@@ -50,6 +56,11 @@ DIMS = 384
 DEFAULT_COLLECTION = "llmmesh_memories"
 KEYWORD_FIELDS = ("tenant", "session_id", "user")
 INTEGER_FIELDS = ("seq", "created_at")
+KNOWLEDGE_KEYWORD_FIELDS = ("tenant", "collection", "document")
+KNOWLEDGE_INTEGER_FIELDS = ("chunk",)
+# What a knowledge listing reads of each passage (never its text).
+_LISTING_FIELDS = ["collection", "document", "chunk", "tokens", "added_at"]
+_SCROLL_PAGE = 1000
 HNSW_PAYLOAD_M = 16
 HNSW_EF_CONSTRUCT = 100
 # Below this many KB of vectors a filtered search scores the selected points exactly.
@@ -64,6 +75,7 @@ T = TypeVar("T")
 A = TypeVar("A")
 C = TypeVar("C")  # a filter condition, in the engine's types
 F = TypeVar("F")  # a filter, in the engine's types
+R = TypeVar("R", "MemoryRecord", "Passage")  # what a point's payload holds
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,37 @@ class ScoredRecord:
     record: MemoryRecord
     score: float
     vector: list[float] | None = None  # only when asked for (near-duplicate removal)
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One chunk of a knowledge document: the point's id and payload."""
+
+    id: str  # a UUID string
+    tenant: str
+    collection: str
+    document: str  # the document's name, unique in its collection
+    chunk: int  # position in the document, from 0
+    text: str
+    tokens: int  # estimated (see services/memory/knowledge.py)
+    added_at: int  # unix seconds
+
+
+@dataclass(frozen=True)
+class ScoredPassage:
+    passage: Passage
+    score: float
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    """A document of a knowledge collection, as listed."""
+
+    collection: str
+    document: str
+    chunks: int
+    tokens: int
+    added_at: int  # unix seconds, when it was last added
 
 
 class VectorStoreUnavailable(Exception):  # noqa: N818 (the name callers know it by)
@@ -135,6 +178,33 @@ class VectorStore(Protocol):
 
     async def count(self, tenant: str = "") -> int: ...
 
+    # -- knowledge: passages of documents, kept apart from the memories
+    async def replace_document(
+        self,
+        tenant: str,
+        collection: str,
+        document: str,
+        passages: Sequence[Passage],
+        vectors: Sequence[Sequence[float]],
+    ) -> int:
+        """Writes the passages of one document (chunks 0..n-1, in order) and removes its chunks
+        from n on, which a longer earlier version left; returns how many were removed."""
+        ...
+
+    async def search_passages(
+        self, tenant: str, collection: str, vector: Sequence[float], *, limit: int, threshold: float = 0.0
+    ) -> list[ScoredPassage]:
+        """Best first among the passages of one collection of the tenant, score >= threshold."""
+        ...
+
+    async def documents(self, tenant: str, collection: str = "") -> list[DocumentInfo]:
+        """The tenant's documents (of one collection, or of all), by collection then name."""
+        ...
+
+    async def delete_passages(self, tenant: str, collection: str, document: str = "") -> int:
+        """Removes a whole collection, or one document of it; returns how many passages there were."""
+        ...
+
     async def healthy(self) -> bool: ...
 
     async def close(self) -> None: ...
@@ -171,25 +241,43 @@ def _point_id(value: str) -> str | None:
         return None
 
 
-def _payload(record: MemoryRecord) -> dict[str, Any]:
+def _payload(record: MemoryRecord | Passage) -> dict[str, Any]:
     payload = asdict(record)
     del payload["id"]
     return payload
 
 
-def _record(point_id: object, payload: Mapping[str, Any] | None) -> MemoryRecord:
+def _from_payload(kind: type[R], point_id: object, payload: Mapping[str, Any] | None) -> R:
+    """A `kind` from a point: its id, and every other field from the payload (0 or "" when missing)."""
     p = payload or {}
-    return MemoryRecord(
-        id=str(point_id),
-        tenant=str(p.get("tenant", "")),
-        session_id=str(p.get("session_id", "")),
-        user=str(p.get("user", "")),
-        role=str(p.get("role", "")),
-        text=str(p.get("text", "")),
-        seq=int(p.get("seq", 0)),
-        turn_id=str(p.get("turn_id", "")),
-        created_at=int(p.get("created_at", 0)),
-    )
+    values: dict[str, Any] = {"id": str(point_id)}
+    for f in fields(kind):
+        if f.name != "id":
+            values[f.name] = int(p.get(f.name, 0)) if f.type == "int" else str(p.get(f.name, ""))
+    return kind(**values)
+
+
+def _record(point_id: object, payload: Mapping[str, Any] | None) -> MemoryRecord:
+    return _from_payload(MemoryRecord, point_id, payload)
+
+
+def _passage(point_id: object, payload: Mapping[str, Any] | None) -> Passage:
+    return _from_payload(Passage, point_id, payload)
+
+
+def _documents(payloads: Sequence[Mapping[str, Any]]) -> list[DocumentInfo]:
+    """Passages' payloads summed up by document."""
+    found: dict[tuple[str, str], DocumentInfo] = {}
+    for p in payloads:
+        key = (str(p.get("collection", "")), str(p.get("document", "")))
+        seen = found.get(key, DocumentInfo(*key, chunks=0, tokens=0, added_at=0))
+        found[key] = replace(
+            seen,
+            chunks=seen.chunks + 1,
+            tokens=seen.tokens + int(p.get("tokens", 0)),
+            added_at=max(seen.added_at, int(p.get("added_at", 0))),
+        )
+    return [found[key] for key in sorted(found)]
 
 
 def _floats(vector: object) -> list[float] | None:
@@ -253,6 +341,26 @@ class _QdrantStore(ABC, Generic[C, F]):
 
     @abstractmethod
     async def _count(self, where: F | None) -> int: ...
+
+    # -- engine calls on the knowledge points (another shard or collection)
+    @abstractmethod
+    async def _write_passages(self, tenant: str, passages: Sequence[Passage], vectors: Sequence[list[float]]) -> None:
+        """Writes passages of one tenant; an existing point of another tenant stays as it is."""
+
+    @abstractmethod
+    async def _query_passages(
+        self, vector: list[float], where: F, limit: int, threshold: float
+    ) -> list[ScoredPassage]: ...
+
+    @abstractmethod
+    async def _passage_payloads(self, where: F, fields: list[str]) -> list[dict[str, Any]]:
+        """Those fields of the payload of every passage `where` selects."""
+
+    @abstractmethod
+    async def _delete_passages(self, where: F) -> None: ...
+
+    @abstractmethod
+    async def _count_passages(self, where: F) -> int: ...
 
     # -- the interface
     def _vector(self, vector: Sequence[float]) -> list[float]:
@@ -344,6 +452,57 @@ class _QdrantStore(ABC, Generic[C, F]):
     async def count(self, tenant: str = "") -> int:
         return await self._count(self._filter([self._match("tenant", tenant)]) if tenant else None)
 
+    # -- knowledge
+    def _collection(self, tenant: str, collection: str, document: str = "") -> list[C]:
+        scope = [self._match("tenant", tenant), self._match("collection", collection)]
+        return [*scope, self._match("document", document)] if document else scope
+
+    async def replace_document(
+        self,
+        tenant: str,
+        collection: str,
+        document: str,
+        passages: Sequence[Passage],
+        vectors: Sequence[Sequence[float]],
+    ) -> int:
+        if len(passages) != len(vectors):
+            raise ValueError(f"{len(passages)} passages but {len(vectors)} vectors")
+        if [(p.tenant, p.collection, p.document, p.chunk) for p in passages] != [
+            (tenant, collection, document, chunk) for chunk in range(len(passages))
+        ]:
+            raise ValueError("passages must be chunks 0..n-1 of the one document named")
+        if any(_point_id(p.id) != p.id for p in passages):
+            raise ValueError("a passage id is not a canonical UUID")
+        if passages:
+            await self._write_passages(tenant, passages, [self._vector(v) for v in vectors])
+        stale = self._filter(
+            [*self._collection(tenant, collection, document), self._range("chunk", gt=len(passages) - 1)]
+        )
+        removed = await self._count_passages(stale)
+        if removed:
+            await self._delete_passages(stale)
+        return removed
+
+    async def search_passages(
+        self, tenant: str, collection: str, vector: Sequence[float], *, limit: int, threshold: float = 0.0
+    ) -> list[ScoredPassage]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        where = self._filter(self._collection(tenant, collection))
+        found = await self._query_passages(self._vector(vector), where, limit, threshold - _THRESHOLD_SLACK)
+        return [hit for hit in found if hit.score >= threshold]
+
+    async def documents(self, tenant: str, collection: str = "") -> list[DocumentInfo]:
+        scope = self._collection(tenant, collection) if collection else [self._match("tenant", tenant)]
+        return _documents(await self._passage_payloads(self._filter(scope), _LISTING_FIELDS))
+
+    async def delete_passages(self, tenant: str, collection: str, document: str = "") -> int:
+        where = self._filter(self._collection(tenant, collection, document))
+        removed = await self._count_passages(where)
+        if removed:
+            await self._delete_passages(where)
+        return removed
+
     async def _same_second(self, scope: Sequence[C], created_at: int) -> list[MemoryRecord]:
         where = self._filter([*scope, self._match("created_at", created_at)])
         return sorted(await self._scroll(where, _SAME_SECOND_MAX, by_time=False), key=_order)
@@ -433,6 +592,10 @@ class EdgeVectorStore(_QdrantStore["EdgeCondition", qe.Filter]):
     copied. `optimize()` does the same on demand; `optimize_after=0` leaves it to that.
     One process per folder (`path/LOCK`).
 
+    Knowledge lives in a second shard, `path/knowledge`, which is never rebuilt: its passages
+    are scored exactly, a few milliseconds for tens of thousands of them (more want the
+    Qdrant server).
+
     The engine is synchronous and keeps the interpreter lock while it works, so its calls
     run one at a time in worker threads.
     """
@@ -454,6 +617,7 @@ class EdgeVectorStore(_QdrantStore["EdgeCondition", qe.Filter]):
         self._lock = threading.Lock()  # every engine call
         self._files = threading.Lock()  # writes, and the copy and replacement of the shard
         self._journal: list[qe.UpdateOperation] | None = None  # writes since the copy
+        self._knowledge: qe.EdgeShard | None = None  # opened on first use
         self._build: asyncio.Task[bool] | None = None
         self._retry_at = 0.0
         self._closing = False  # no new builds
@@ -506,6 +670,26 @@ class EdgeVectorStore(_QdrantStore["EdgeCondition", qe.Filter]):
         shard.flush()
         self._point_current_to(name)
         return name, shard
+
+    def _open_knowledge(self) -> qe.EdgeShard:
+        """The knowledge shard, made on first use (most stores never hold any knowledge). The
+        file `path/KNOWLEDGE` is written once the shard is complete; a folder without it is
+        one whose creation was cut short."""
+        folder, ready = self.path / "knowledge", self.path / "KNOWLEDGE"
+        if ready.is_file():
+            return qe.EdgeShard.load(str(folder), self._config())
+        shutil.rmtree(folder, ignore_errors=True)
+        shard = qe.EdgeShard.create(str(folder), self._config())
+        for field in KNOWLEDGE_KEYWORD_FIELDS:
+            tenant = field == "tenant"
+            params = qe.KeywordIndexParams(is_tenant=tenant, enable_hnsw=tenant)
+            shard.update(qe.UpdateOperation.create_field_index(field, params))
+        for field in KNOWLEDGE_INTEGER_FIELDS:
+            ints = qe.IntegerIndexParams(lookup=True, range=True, enable_hnsw=False)
+            shard.update(qe.UpdateOperation.create_field_index(field, ints))
+        shard.flush()
+        ready.touch()
+        return shard
 
     def _point_current_to(self, name: str) -> None:
         tmp = self.path / f"{_CURRENT}.tmp"
@@ -602,6 +786,50 @@ class EdgeVectorStore(_QdrantStore["EdgeCondition", qe.Filter]):
 
     async def _count(self, where: qe.Filter | None) -> int:
         return await self._read(lambda shard: shard.count(qe.CountRequest(exact=True, filter=where)))
+
+    # -- knowledge primitives, on the knowledge shard
+    async def _on_knowledge(self, call: Callable[[qe.EdgeShard], T]) -> T:
+        def run() -> T:
+            with self._lock:
+                self._engine()  # not closed
+                if self._knowledge is None:
+                    self._knowledge = self._open_knowledge()
+                return call(self._knowledge)
+
+        return await asyncio.to_thread(run)
+
+    async def _write_passages(self, tenant: str, passages: Sequence[Passage], vectors: Sequence[list[float]]) -> None:
+        points = [qe.Point(p.id, v, _payload(p)) for p, v in zip(passages, vectors, strict=True)]
+        upsert = qe.UpdateOperation.upsert_points(points, condition=self._filter([self._match("tenant", tenant)]))
+        await self._on_knowledge(lambda shard: shard.update(upsert))
+
+    async def _query_passages(
+        self, vector: list[float], where: qe.Filter, limit: int, threshold: float
+    ) -> list[ScoredPassage]:
+        request = qe.QueryRequest(
+            limit=limit, query=qe.Query.Nearest(vector), filter=where, score_threshold=threshold, with_payload=True
+        )
+        points = await self._on_knowledge(lambda shard: shard.query(request))
+        return [ScoredPassage(_passage(p.id, p.payload), p.score) for p in points]
+
+    async def _passage_payloads(self, where: qe.Filter, fields: list[str]) -> list[dict[str, Any]]:
+        payloads: list[dict[str, Any]] = []
+        offset: qe.PointId | None = None
+        while True:
+            request = qe.ScrollRequest(
+                offset=offset, limit=_SCROLL_PAGE, filter=where, with_payload=fields, with_vector=False
+            )
+            points, offset = await self._on_knowledge(functools.partial(qe.EdgeShard.scroll, scroll=request))
+            payloads += [dict(p.payload or {}) for p in points]
+            if offset is None:
+                return payloads
+
+    async def _delete_passages(self, where: qe.Filter) -> None:
+        delete = qe.UpdateOperation.delete_points_by_filter(where)
+        await self._on_knowledge(lambda shard: shard.update(delete))
+
+    async def _count_passages(self, where: qe.Filter) -> int:
+        return await self._on_knowledge(lambda shard: shard.count(qe.CountRequest(exact=True, filter=where)))
 
     async def healthy(self) -> bool:
         return not self._closing
@@ -732,8 +960,10 @@ class EdgeVectorStore(_QdrantStore["EdgeCondition", qe.Filter]):
             with self._files, self._lock:
                 self._closed = True
                 try:
-                    self._shard.flush()
-                    self._shard.close()
+                    for shard in (self._shard, self._knowledge):
+                        if shard is not None:
+                            shard.flush()
+                            shard.close()
                 finally:
                     self._owner.close()
 
@@ -754,9 +984,10 @@ _UNAVAILABLE_GRPC = {
 
 
 class ServerVectorStore(_QdrantStore[models.Condition, models.Filter]):
-    """One collection on a Qdrant server, created (with its payload indexes) on first use.
-    Every call gives up after `timeout_s` and then raises VectorStoreUnavailable, as does an
-    unreachable or failing (5xx) server."""
+    """One collection on a Qdrant server, created (with its payload indexes) on first use, and
+    `<collection>_knowledge` beside it for the knowledge passages. Every call gives up after
+    `timeout_s` and then raises VectorStoreUnavailable, as does an unreachable or failing (5xx)
+    server."""
 
     def __init__(
         self,
@@ -772,7 +1003,9 @@ class ServerVectorStore(_QdrantStore[models.Condition, models.Filter]):
         self.dims = dims
         self._timeout_s = timeout_s
         self._where = where or "the Qdrant server"
+        self.knowledge_collection = f"{collection}_knowledge"
         self._ready = False
+        self._knowledge_ready = False
         self._ensuring = asyncio.Lock()
 
     @classmethod
@@ -809,33 +1042,40 @@ class ServerVectorStore(_QdrantStore[models.Condition, models.Filter]):
             raise
 
     async def ensure(self) -> None:
-        """Creates the collection and its payload indexes if missing; checks the dimensions."""
+        """Creates the memories' collection and its payload indexes if missing; checks the dimensions."""
         async with self._ensuring:
-            if self._ready:
-                return
-            async with self._guard():
-                if await self._client.collection_exists(self.collection):
-                    info = await self._client.get_collection(self.collection)
-                    params = info.config.params.vectors
-                    size = params.size if isinstance(params, models.VectorParams) else None
-                    if size != self.dims:
-                        raise ValueError(f"collection {self.collection} holds {size}-d vectors, not {self.dims}")
-                else:
-                    await self._create_collection()
-                for field in KEYWORD_FIELDS:
-                    keyword = models.KeywordIndexParams(
-                        type=models.KeywordIndexType.KEYWORD, is_tenant=field == "tenant"
-                    )
-                    await self._client.create_payload_index(self.collection, field, keyword, wait=True)
-                for field in INTEGER_FIELDS:
-                    ints = models.IntegerIndexParams(type=models.IntegerIndexType.INTEGER, lookup=True, range=True)
-                    await self._client.create_payload_index(self.collection, field, ints, wait=True)
-            self._ready = True
+            if not self._ready:
+                await self._ensure(self.collection, KEYWORD_FIELDS, INTEGER_FIELDS)
+                self._ready = True
 
-    async def _create_collection(self) -> None:
+    async def ensure_knowledge(self) -> None:
+        """The same for the knowledge collection."""
+        async with self._ensuring:
+            if not self._knowledge_ready:
+                await self._ensure(self.knowledge_collection, KNOWLEDGE_KEYWORD_FIELDS, KNOWLEDGE_INTEGER_FIELDS)
+                self._knowledge_ready = True
+
+    async def _ensure(self, collection: str, keywords: Sequence[str], integers: Sequence[str]) -> None:
+        async with self._guard():
+            if await self._client.collection_exists(collection):
+                info = await self._client.get_collection(collection)
+                params = info.config.params.vectors
+                size = params.size if isinstance(params, models.VectorParams) else None
+                if size != self.dims:
+                    raise ValueError(f"collection {collection} holds {size}-d vectors, not {self.dims}")
+            else:
+                await self._create_collection(collection)
+            for field in keywords:
+                keyword = models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=field == "tenant")
+                await self._client.create_payload_index(collection, field, keyword, wait=True)
+            for field in integers:
+                ints = models.IntegerIndexParams(type=models.IntegerIndexType.INTEGER, lookup=True, range=True)
+                await self._client.create_payload_index(collection, field, ints, wait=True)
+
+    async def _create_collection(self, collection: str) -> None:
         try:
             await self._client.create_collection(
-                self.collection,
+                collection,
                 vectors_config=models.VectorParams(size=self.dims, distance=models.Distance.COSINE),
                 hnsw_config=models.HnswConfigDiff(
                     m=0,
@@ -849,8 +1089,12 @@ class ServerVectorStore(_QdrantStore[models.Condition, models.Filter]):
                 raise
 
     @contextlib.asynccontextmanager
-    async def _call(self) -> AsyncIterator[None]:
-        if not self._ready:
+    async def _call(self, collection: str = "") -> AsyncIterator[None]:
+        """A call on the memories' collection (or the knowledge one), which exists from then on."""
+        if collection == self.knowledge_collection:
+            if not self._knowledge_ready:
+                await self.ensure_knowledge()
+        elif not self._ready:
             await self.ensure()
         async with self._guard():
             yield
@@ -890,9 +1134,23 @@ class ServerVectorStore(_QdrantStore[models.Condition, models.Filter]):
     async def _query(
         self, vector: list[float], where: models.Filter, limit: int, threshold: float, with_vectors: bool
     ) -> list[ScoredRecord]:
-        async with self._call():
+        points = await self._nearest(self.collection, vector, where, limit, threshold, with_vectors)
+        return [
+            ScoredRecord(_record(p.id, p.payload), p.score, _floats(p.vector) if with_vectors else None) for p in points
+        ]
+
+    async def _nearest(
+        self,
+        collection: str,
+        vector: list[float],
+        where: models.Filter,
+        limit: int,
+        threshold: float,
+        with_vectors: bool,
+    ) -> list[models.ScoredPoint]:
+        async with self._call(collection):
             response = await self._client.query_points(
-                self.collection,
+                collection,
                 query=vector,
                 query_filter=where,
                 limit=limit,
@@ -900,10 +1158,7 @@ class ServerVectorStore(_QdrantStore[models.Condition, models.Filter]):
                 with_payload=True,
                 with_vectors=with_vectors,
             )
-        return [
-            ScoredRecord(_record(p.id, p.payload), p.score, _floats(p.vector) if with_vectors else None)
-            for p in response.points
-        ]
+        return response.points
 
     async def _scroll(self, where: models.Filter, limit: int, by_time: bool) -> list[MemoryRecord]:
         order = models.OrderBy(key="created_at", direction=models.Direction.ASC) if by_time else None
@@ -926,6 +1181,51 @@ class ServerVectorStore(_QdrantStore[models.Condition, models.Filter]):
     async def _count(self, where: models.Filter | None) -> int:
         async with self._call():
             result = await self._client.count(self.collection, count_filter=where, exact=True)
+        return result.count
+
+    # -- knowledge primitives, on the knowledge collection
+    async def _write_passages(self, tenant: str, passages: Sequence[Passage], vectors: Sequence[list[float]]) -> None:
+        points = [
+            models.PointStruct(id=p.id, vector=v, payload=_payload(p)) for p, v in zip(passages, vectors, strict=True)
+        ]
+        async with self._call(self.knowledge_collection):
+            await self._client.upsert(
+                self.knowledge_collection,
+                points,
+                wait=True,
+                update_filter=self._filter([self._match("tenant", tenant)]),
+            )
+
+    async def _query_passages(
+        self, vector: list[float], where: models.Filter, limit: int, threshold: float
+    ) -> list[ScoredPassage]:
+        points = await self._nearest(self.knowledge_collection, vector, where, limit, threshold, False)
+        return [ScoredPassage(_passage(p.id, p.payload), p.score) for p in points]
+
+    async def _passage_payloads(self, where: models.Filter, fields: list[str]) -> list[dict[str, Any]]:
+        payloads: list[dict[str, Any]] = []
+        offset: PointId | None = None
+        while True:
+            async with self._call(self.knowledge_collection):
+                points, offset = await self._client.scroll(
+                    self.knowledge_collection,
+                    scroll_filter=where,
+                    limit=_SCROLL_PAGE,
+                    offset=offset,
+                    with_payload=fields,
+                    with_vectors=False,
+                )
+            payloads += [dict(p.payload or {}) for p in points]
+            if offset is None:
+                return payloads
+
+    async def _delete_passages(self, where: models.Filter) -> None:
+        async with self._call(self.knowledge_collection):
+            await self._client.delete(self.knowledge_collection, models.FilterSelector(filter=where), wait=True)
+
+    async def _count_passages(self, where: models.Filter) -> int:
+        async with self._call(self.knowledge_collection):
+            result = await self._client.count(self.knowledge_collection, count_filter=where, exact=True)
         return result.count
 
     async def healthy(self) -> bool:

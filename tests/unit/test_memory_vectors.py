@@ -17,8 +17,10 @@ from qdrant_client import AsyncQdrantClient
 
 from services.common.errors import InvalidArgumentError
 from services.memory.vectors import (
+    DocumentInfo,
     EdgeVectorStore,
     MemoryRecord,
+    Passage,
     ScoredRecord,
     ServerVectorStore,
     VectorStore,
@@ -343,6 +345,151 @@ async def test_count_per_tenant_and_in_all(store: VectorStore) -> None:
     assert await store.healthy() is True
 
 
+# -- knowledge: passages of documents, apart from the memories ------------------------------------
+
+
+def passages(
+    tenant: str, collection: str, document: str, count: int, *, added_at: int = 1_700_000_000
+) -> list[Passage]:
+    return [
+        Passage(
+            id=str(uuid.uuid5(_IDS, f"{tenant}/{collection}/{document}/{chunk}")),
+            tenant=tenant,
+            collection=collection,
+            document=document,
+            chunk=chunk,
+            text=f"{document} part {chunk}",
+            tokens=10 + chunk,
+            added_at=added_at,
+        )
+        for chunk in range(count)
+    ]
+
+
+async def add(store: VectorStore, found: list[Passage], cosines: Sequence[float], seed: int = 0) -> int:
+    first = found[0] if found else None
+    assert first is not None
+    vectors = [near(c, seed=seed + i) for i, c in enumerate(cosines)]
+    return await store.replace_document(first.tenant, first.collection, first.document, found, vectors)
+
+
+async def test_passages_rank_within_one_collection_of_one_tenant(store: VectorStore) -> None:
+    guide = passages("acme", "guide", "intro.md", 3)
+    await add(store, guide, [0.4, 0.9, 0.6])
+    await add(store, passages("acme", "other", "intro.md", 1), [0.99], seed=10)
+    await add(store, passages("globex", "guide", "intro.md", 1), [0.99], seed=20)
+
+    found = await store.search_passages("acme", "guide", QUERY.tolist(), limit=2)
+    above = await store.search_passages("acme", "guide", QUERY.tolist(), limit=9, threshold=0.5)
+
+    assert [f.passage for f in found] == [guide[1], guide[2]]
+    assert [round(f.score, 4) for f in found] == [0.9, 0.6]
+    assert [f.passage.id for f in above] == [guide[1].id, guide[2].id]
+    assert await store.search_passages("acme", "nothing", QUERY.tolist(), limit=2) == []
+
+
+async def test_passages_and_memories_never_meet(store: VectorStore) -> None:
+    memory = rec("acme", "s1", 1)
+    await put(store, [(memory, near(0.5, seed=1))])
+    guide = passages("acme", "guide", "intro.md", 2)
+    await add(store, guide, [0.9, 0.8])
+
+    assert ids(await store.search("acme", QUERY.tolist(), limit=10)) == [memory.id]
+    assert await store.count("acme") == 1
+    assert await store.get("acme", [p.id for p in guide]) == []
+    assert await store.delete("acme", [p.id for p in guide]) == 0
+    assert [f.passage.id for f in await store.search_passages("acme", "guide", QUERY.tolist(), limit=10)] == [
+        p.id for p in guide
+    ]
+
+
+async def test_re_adding_a_shorter_document_leaves_no_stale_chunk(store: VectorStore) -> None:
+    await add(store, passages("acme", "guide", "intro.md", 5), [0.5] * 5)
+    await add(store, passages("acme", "guide", "other.md", 2), [0.5] * 2, seed=10)
+    shorter = [
+        replace(p, text=f"new {p.text}", added_at=1_800_000_000) for p in passages("acme", "guide", "intro.md", 2)
+    ]
+
+    removed = await add(store, shorter, [0.7, 0.6])
+
+    assert removed == 3
+    found = await store.search_passages("acme", "guide", QUERY.tolist(), limit=10)
+    assert sorted(f.passage.text for f in found) == [
+        "new intro.md part 0",
+        "new intro.md part 1",
+        "other.md part 0",
+        "other.md part 1",
+    ]
+    assert await store.documents("acme", "guide") == [
+        DocumentInfo("guide", "intro.md", chunks=2, tokens=21, added_at=1_800_000_000),
+        DocumentInfo("guide", "other.md", chunks=2, tokens=21, added_at=1_700_000_000),
+    ]
+
+
+async def test_documents_are_listed_per_tenant_by_collection_then_name(store: VectorStore) -> None:
+    await add(store, passages("acme", "b-coll", "z.md", 2), [0.5] * 2)
+    await add(store, passages("acme", "a-coll", "y.md", 1), [0.5])
+    await add(store, passages("acme", "b-coll", "a.txt", 3), [0.5] * 3)
+    await add(store, passages("globex", "a-coll", "secret.md", 1), [0.5])
+
+    listed = await store.documents("acme")
+
+    assert [(d.collection, d.document, d.chunks) for d in listed] == [
+        ("a-coll", "y.md", 1),
+        ("b-coll", "a.txt", 3),
+        ("b-coll", "z.md", 2),
+    ]
+    assert [d.document for d in await store.documents("acme", "b-coll")] == ["a.txt", "z.md"]
+    assert await store.documents("acme", "none") == []
+    assert [d.document for d in await store.documents("globex")] == ["secret.md"]
+
+
+async def test_listing_reads_past_one_page(store: VectorStore) -> None:
+    many = passages("acme", "big", "long.md", 1100)
+    await store.replace_document("acme", "big", "long.md", many, [unit(i).tolist() for i in range(len(many))])
+
+    (listed,) = await store.documents("acme", "big")
+
+    assert (listed.chunks, listed.tokens) == (1100, sum(p.tokens for p in many))
+
+
+async def test_delete_passages_of_a_document_or_a_collection(store: VectorStore) -> None:
+    await add(store, passages("acme", "guide", "a.md", 2), [0.5] * 2)
+    await add(store, passages("acme", "guide", "b.md", 3), [0.5] * 3)
+    await add(store, passages("acme", "kept", "a.md", 1), [0.5])
+    await add(store, passages("globex", "guide", "a.md", 1), [0.5])
+
+    assert await store.delete_passages("globex", "guide", "b.md") == 0
+    assert await store.delete_passages("acme", "guide", "a.md") == 2
+    assert [d.document for d in await store.documents("acme", "guide")] == ["b.md"]
+    assert await store.delete_passages("acme", "guide") == 3
+    assert await store.delete_passages("acme", "guide") == 0
+    assert await store.search_passages("acme", "guide", QUERY.tolist(), limit=5) == []
+    assert [(d.collection, d.document) for d in await store.documents("acme")] == [("kept", "a.md")]
+    assert [d.document for d in await store.documents("globex")] == ["a.md"]
+
+
+async def test_a_passage_never_replaces_another_tenants(store: VectorStore) -> None:
+    (original,) = passages("acme", "guide", "a.md", 1)
+    await add(store, [original], [0.5])
+
+    await add(store, [replace(original, tenant="globex", text="overwritten")], [0.9])
+
+    (found,) = await store.search_passages("acme", "guide", QUERY.tolist(), limit=5)
+    assert found.passage == original
+    assert await store.search_passages("globex", "guide", QUERY.tolist(), limit=5) == []
+
+
+async def test_passages_must_be_the_chunks_of_the_named_document(store: VectorStore) -> None:
+    two = passages("acme", "guide", "a.md", 2)
+    with pytest.raises(ValueError, match="chunks 0"):
+        await store.replace_document("acme", "guide", "a.md", two[1:], [near(0.5, seed=1)])
+    with pytest.raises(ValueError, match="chunks 0"):
+        await store.replace_document("acme", "guide", "b.md", two, [near(0.5, seed=1)] * 2)
+    with pytest.raises(ValueError, match="vectors"):
+        await store.replace_document("acme", "guide", "a.md", two, [near(0.5, seed=1)])
+
+
 # -- the embedded engine -------------------------------------------------------------------------
 
 
@@ -350,10 +497,14 @@ async def test_edge_store_keeps_its_data_across_a_restart(tmp_path: Path) -> Non
     records = [rec("acme", "s1", seq, user="alice") for seq in (1, 2, 3)]
     first = EdgeVectorStore(tmp_path, DIMS, optimize_after=0)
     await put(first, [(r, near(0.9 - seq * 0.1, seed=seq)) for seq, r in enumerate(records)])
+
+    guide = passages("acme", "guide", "a.md", 2)
+    await add(first, guide, [0.9, 0.8])
     await first.close()
 
     again = EdgeVectorStore(tmp_path, DIMS, optimize_after=0)
     try:
+        assert [f.passage for f in await again.search_passages("acme", "guide", QUERY.tolist(), limit=5)] == guide
         assert await again.get("acme", [r.id for r in records]) == records
         assert ids(await again.search("acme", QUERY.tolist(), limit=5)) == [r.id for r in records]
         assert await again.count() == 3
