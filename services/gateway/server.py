@@ -65,6 +65,7 @@ async def main() -> None:
 
     async def startup() -> None:
         await auth.seed()  # fails fast when Redis is not there
+        clients.placement.start()  # polls the inference replicas' load
 
     async def shutdown() -> None:
         await pipeline.close()

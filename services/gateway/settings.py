@@ -1,7 +1,9 @@
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import SettingsConfigDict
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from services.common.settings import ServiceSettings
 
@@ -16,6 +18,17 @@ class GatewaySettings(ServiceSettings):
     memory_target: str = "127.0.0.1:8103"
     router_target: str = "127.0.0.1:8104"
     inference_target: str = "127.0.0.1:8102"
+    # Inference replicas a chat turn may run on, comma-separated `host:port` (the first also
+    # answers embeddings and token counts); empty: inference_target alone. Placement
+    # (services/gateway/placement.py): a session stays on the replica that ran its previous turn
+    # unless that one has requests waiting, runs at least placement_running_share of its batch
+    # or has placement_kv_cache_usage of its KV cache in use; else the least loaded. Loads are
+    # polled every placement_poll_s; affinity is kept for placement_affinity_sessions sessions.
+    inference_targets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    placement_poll_s: float = Field(default=0.5, gt=0, le=1.0)
+    placement_running_share: float = Field(default=0.9, gt=0, le=1)
+    placement_kv_cache_usage: float = Field(default=0.9, gt=0, le=1)
+    placement_affinity_sessions: int = Field(default=100_000, ge=1)
     # The Redis-protocol server holding the API keys, the limits' counters and the usage
     # (shared by every gateway replica).
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -52,3 +65,14 @@ class GatewaySettings(ServiceSettings):
     stream_lease_s: float = Field(default=60.0, gt=1)
     # Days the per-day usage counters (GET /v1/usage) are kept.
     usage_retention_days: int = Field(default=400, ge=1)
+
+    @field_validator("inference_targets", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [target.strip() for target in value.split(",") if target.strip()]
+        return value
+
+    @property
+    def inference_replicas(self) -> list[str]:
+        return list(dict.fromkeys(self.inference_targets)) or [self.inference_target]

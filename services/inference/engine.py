@@ -1,5 +1,6 @@
-"""vLLM engines behind one interface: one ``AsyncLLM`` per GPU (or one on the CPU build),
-requests spread by fewest outstanding.
+"""vLLM engines behind one interface: one ``AsyncLLM`` per GPU (on the CPU build, one, or
+``cpu_engines`` each on its share of the cores), each request placed by session affinity and
+load (services/common/placement.py).
 
 Everything here speaks domain types (``GenerationJob`` in, ``Delta``/``ChoiceEnd``/``End``
 out); the servicer maps them to and from protos.
@@ -9,17 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import grpc
+from prometheus_client import Counter
 
+from services.common import placement
 from services.common.errors import InvalidArgumentError, MeshError
 from services.inference import sizing
 from services.inference.context import FittedPrompt, fit_prompt
@@ -27,6 +32,15 @@ from services.inference.settings import InferenceSettings
 from services.inference.tools import ToolCalling, ToolCallPiece, parse_tool_calls, render_hermes, template_renders_tools
 
 log = logging.getLogger(__name__)
+
+PLACEMENTS = Counter(
+    "llmmesh_inference_placements_total",
+    "Requests placed on an engine, by reason: affinity (the engine that served the session last), least_loaded, "
+    "only (one engine).",
+    ["reason"],
+)
+for _reason in placement.REASONS:
+    PLACEMENTS.labels(_reason)
 
 
 @dataclass
@@ -73,6 +87,8 @@ class GenerationJob:
     prompt_ids: list[int] = field(default_factory=list)
     # Model ids to try, in order, when `model` fails before its first token (backends/registry.py).
     candidates: list[str] = field(default_factory=list)
+    # The conversation this continues, hashed (inference.proto); "" for none.
+    affinity_key: str = ""
 
     @property
     def raw_prompt(self) -> bool:
@@ -133,6 +149,23 @@ class LoadFigures:
     waiting: int = 0
     kv_cache_usage: float = 0.0
     outstanding: int = 0
+    max_num_seqs: int = 0
+    # Prompt tokens looked up in the prefix cache since start, and those found there.
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
+    # time.monotonic() of the engine's last report (0: none yet).
+    reported_at: float = 0.0
+
+    def now(self, stale_s: float = placement.STALE_S) -> LoadFigures:
+        """The figures as of now: an engine that reported nothing for `stale_s` ran no step in
+        that time, so nothing is running or waiting in it."""
+        if time.monotonic() - self.reported_at <= stale_s:
+            return self
+        return dataclasses.replace(self, running=0, waiting=0)
+
+    def placement_load(self) -> placement.Load:
+        now = self.now()
+        return placement.Load.of(now.running, now.waiting, now.kv_cache_usage, now.outstanding, now.max_num_seqs)
 
 
 class Backend(Protocol):
@@ -269,6 +302,11 @@ class _LoadProbe:
                     figures.running = scheduler_stats.num_running_reqs
                     figures.waiting = scheduler_stats.num_waiting_reqs
                     figures.kv_cache_usage = scheduler_stats.kv_cache_usage
+                    cache = scheduler_stats.prefix_cache_stats
+                    if cache is not None:  # this step's lookups
+                        figures.prefix_cache_queries += cache.queries
+                        figures.prefix_cache_hits += cache.hits
+                    figures.reported_at = time.monotonic()
 
             def log_engine_initialized(self) -> None:
                 pass
@@ -311,7 +349,9 @@ class VllmEngine:
 
         self.name = name
         self.device = device
-        self.load = LoadFigures(engine=name, model=settings.served_model_name, device=device)
+        self.load = LoadFigures(
+            engine=name, model=settings.served_model_name, device=device, max_num_seqs=settings.max_num_seqs
+        )
         on_cpu = device == "cpu"
         args = AsyncEngineArgs(
             model=str(model_path),
@@ -322,16 +362,12 @@ class VllmEngine:
             max_num_seqs=settings.max_num_seqs,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             seed=settings.seed,
+            enable_prefix_caching=True,  # what session affinity builds on
             disable_log_stats=True,  # our probe still gets the figures
             enable_log_requests=False,
         )
         with _visible_devices(device):
             self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[_LoadProbe(self.load).factory()])
-        if on_cpu and settings.cpu_engine_nice:
-            import psutil
-
-            engine_processes = [p.pid for p in psutil.Process().children(recursive=True)]
-            sizing.lower_priority(settings.cpu_engine_nice, engine_processes)
         self.context_length = int(self._llm.model_config.max_model_len)
         self._ids = itertools.count()
 
@@ -438,7 +474,12 @@ def detect_devices(setting: str) -> list[str]:
 
 
 class EnginePool:
-    """The engines of one model, with requests spread by fewest outstanding."""
+    """The engines of one model; each request goes to the engine that served its affinity key
+    last unless that one is overloaded, else to the least loaded (services/common/placement.py).
+
+    The figures are the engines' own, as their stat loggers report them after every step, plus
+    the requests this pool handed them that they have not reported yet; nothing is fetched on
+    the request path."""
 
     def __init__(
         self,
@@ -447,6 +488,8 @@ class EnginePool:
         tokenizer: ChatTokenizer,
         engines: list[VllmEngine],
         limits: PromptLimits | None = None,
+        overload: placement.Overload | None = None,
+        affinity_sessions: int = 100_000,
     ):
         self.model_name = model_name
         self.model_path = model_path
@@ -454,22 +497,27 @@ class EnginePool:
         self.engines = engines
         self.limits = limits or PromptLimits()
         self.tools = ToolCalling(self.limits.tool_parser, tokenizer.hf)
+        self.overload = overload or placement.Overload()
+        self.affinity = placement.AffinityMap(affinity_sessions)
 
     @classmethod
     def start(cls, settings: InferenceSettings, model_path: Path) -> EnginePool:
         devices = detect_devices(settings.devices)
-        if devices == ["cpu"]:
-            plan = sizing.plan_cpu_engine(
-                sizing.Machine.detect(),
-                settings.cpu_threads_bind,
-                settings.cpu_reserved_cores,
-                settings.cpu_kv_cache_gib,
-            )
-            log.info("CPU engine sized to the machine", extra={"engine_env": sizing.apply(plan)})
         log.info("starting engines", extra={"devices": devices, "model": str(model_path)})
-        engines = [VllmEngine(f"engine-{i}", device, model_path, settings) for i, device in enumerate(devices)]
+        if devices == ["cpu"]:
+            engines = _start_cpu_engines(settings, model_path)
+        else:
+            engines = [VllmEngine(f"engine-{i}", device, model_path, settings) for i, device in enumerate(devices)]
         limits = PromptLimits(settings.completion_reserve_tokens, settings.recall_max_tokens, settings.tool_parser)
-        return cls(settings.served_model_name, model_path, ChatTokenizer(model_path), engines, limits)
+        return cls(
+            settings.served_model_name,
+            model_path,
+            ChatTokenizer(model_path),
+            engines,
+            limits,
+            placement.Overload(settings.placement_running_share, settings.placement_kv_cache_usage),
+            settings.placement_affinity_sessions,
+        )
 
     @property
     def context_length(self) -> int:
@@ -506,13 +554,48 @@ class EnginePool:
             prompt = await asyncio.to_thread(
                 fit_job, job, tokenizer.encode_chat, tokenizer.count_text, self.context_length, self.limits
             )
-        engine = min(self.engines, key=lambda e: e.load.outstanding)
+        engine = self.place(job.affinity_key)
         events = engine.generate(job, prompt)
         async for event in parse_tool_calls(plan, events) if plan else events:
             yield event
 
+    def place(self, affinity_key: str) -> VllmEngine:
+        by_name = {engine.name: engine for engine in self.engines}
+        loads = {engine.name: engine.load.placement_load() for engine in self.engines}
+        name, reason = placement.choose(loads, affinity_key, self.affinity, self.overload)
+        PLACEMENTS.labels(reason).inc()
+        return by_name[name]
+
     def load(self) -> list[LoadFigures]:
-        return [engine.load for engine in self.engines]
+        return [engine.load.now() for engine in self.engines]
+
+
+def _start_cpu_engines(settings: InferenceSettings, model_path: Path) -> list[VllmEngine]:
+    """`cpu_engines` engines, each on its own share of the cores and KV cache (sizing.py), their
+    threads then lowered below the mesh's services."""
+    plans = sizing.plan_cpu_engines(
+        sizing.Machine.detect(),
+        settings.cpu_engines,
+        settings.cpu_threads_bind,
+        settings.cpu_reserved_cores,
+        settings.cpu_kv_cache_gib,
+    )
+    engines = []
+    if len(plans) == 1:
+        log.info("CPU engine sized to the machine", extra={"engine_env": sizing.apply(plans[0])})
+        engines.append(VllmEngine("engine-0", "cpu", model_path, settings))
+    else:
+        operator_set = [key for key in plans[0].env() if key in os.environ]
+        for index, plan in enumerate(plans):
+            with sizing.engine_environment(plan, operator_set) as env:
+                log.info("CPU engine sized to its share of the machine", extra={"engine": index, "engine_env": env})
+                engines.append(VllmEngine(f"engine-{index}", "cpu", model_path, settings))
+    if settings.cpu_engine_nice:
+        import psutil
+
+        engine_processes = [p.pid for p in psutil.Process().children(recursive=True)]
+        sizing.lower_priority(settings.cpu_engine_nice, engine_processes)
+    return engines
 
 
 def plan_tools(tools: ToolCalling, job: GenerationJob) -> Any:

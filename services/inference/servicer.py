@@ -88,6 +88,7 @@ def to_job(start: inference_pb2.StartGeneration) -> GenerationJob:
         prompt=start.prompt,
         prompt_ids=list(start.prompt_ids),
         candidates=list(start.candidates),
+        affinity_key=start.affinity_key,
     )
 
 
@@ -286,6 +287,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     waiting=f.waiting,
                     kv_cache_usage=f.kv_cache_usage,
                     outstanding=f.outstanding,
+                    max_num_seqs=f.max_num_seqs,
+                    prefix_cache_queries=f.prefix_cache_queries,
+                    prefix_cache_hits=f.prefix_cache_hits,
                 )
                 for f in self._pool.load()
             ]

@@ -34,6 +34,17 @@ class InferenceSettings(ServiceSettings):
     cpu_threads_bind: str = "auto"
     cpu_reserved_cores: int = Field(default=0, ge=0)
     cpu_kv_cache_gib: int = Field(default=0, ge=0)
+    # CPU engines in this service (no GPU), each on its own share of the cores and of the KV
+    # cache: more than one serves several conversations apart on a small box (or tests
+    # placement across engines); 1 gives the one engine every core.
+    cpu_engines: int = Field(default=1, ge=1)
+    # Placement across engines (services/common/placement.py): a conversation stays on the
+    # engine that served it last unless that engine has requests waiting, runs at least this
+    # share of max_num_seqs, or has this share of its KV cache in use. Affinity is remembered
+    # for this many conversations (the most recent).
+    placement_running_share: float = Field(default=0.9, gt=0, le=1)
+    placement_kv_cache_usage: float = Field(default=0.9, gt=0, le=1)
+    placement_affinity_sessions: int = Field(default=100_000, ge=1)
     # How much lower the CPU engine's threads run than the mesh's services on the same cores
     # (nice levels; 0: the same).
     cpu_engine_nice: int = Field(default=5, ge=0, le=19)

@@ -7,12 +7,16 @@ tokens/s with both). llmmesh binds the engine's OpenMP threads to every core thi
 use, reserves none, and gives the KV cache a share of the memory that is free. Each choice is a
 setting, and an environment variable the operator set already (VLLM_CPU_OMP_THREADS_BIND,
 VLLM_CPU_NUM_OF_RESERVED_CPU, OMP_NUM_THREADS, VLLM_CPU_KVCACHE_SPACE) wins over it.
+
+Several CPU engines (a small box serving several sessions at once, or a test of placement across
+engines) split the cores into contiguous groups, one per engine, and the KV cache memory evenly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 GIB = 1 << 30
@@ -55,11 +59,16 @@ def core_ranges(cpus: Iterable[int]) -> str:
 
 
 def count_cores(bind: str) -> int:
-    total = 0
+    return len(expand_cores(bind))
+
+
+def expand_cores(bind: str) -> list[int]:
+    """vLLM's bind syntax (``0-3,6``) as core ids."""
+    cores: list[int] = []
     for part in bind.split(","):
         low, _, high = part.strip().partition("-")
-        total += int(high) - int(low) + 1 if high else 1
-    return total
+        cores += range(int(low), int(high or low) + 1)
+    return cores
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,47 @@ def plan_cpu_engine(machine: Machine, bind: str = "auto", reserved: int = 0, kv_
     if kv_cache_gib <= 0:
         kv_cache_gib = min(KV_MAX_GIB, max(KV_MIN_GIB, int(machine.available_memory * KV_SHARE / GIB)))
     return CpuEnginePlan(cores, count_cores(cores), reserved, kv_cache_gib)
+
+
+def plan_cpu_engines(
+    machine: Machine, engines: int, bind: str = "auto", reserved: int = 0, kv_cache_gib: int = 0
+) -> list[CpuEnginePlan]:
+    """`engines` plans: the cores of `bind` in contiguous groups, one per engine (engines share
+    cores only when there are fewer cores than engines), and the KV cache memory of
+    `plan_cpu_engine` split evenly (at least KV_MIN_GIB each)."""
+    whole = plan_cpu_engine(machine, bind, reserved, kv_cache_gib)
+    if engines <= 1:
+        return [whole]
+    cores = expand_cores(whole.bind)
+    kv_each = max(KV_MIN_GIB, whole.kv_cache_gib // engines)
+    plans = []
+    for index in range(engines):
+        if len(cores) < engines:
+            share = [cores[index % len(cores)]]
+        else:
+            share = cores[index * len(cores) // engines : (index + 1) * len(cores) // engines]
+        group = core_ranges(share)
+        plans.append(CpuEnginePlan(group, count_cores(group), reserved, kv_each))
+    return plans
+
+
+@contextlib.contextmanager
+def engine_environment(plan: CpuEnginePlan, operator_set: Iterable[str]) -> Iterator[dict[str, str]]:
+    """The plan in the environment while one of several engines starts (its process inherits
+    it), except for the variables in `operator_set`; yields what the engine runs with."""
+    keep = set(operator_set)
+    saved = {key: os.environ.get(key) for key in plan.env()}
+    for key, value in plan.env().items():
+        if key not in keep:
+            os.environ[key] = value
+    try:
+        yield {key: os.environ[key] for key in plan.env()}
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
 
 
 def apply(plan: CpuEnginePlan, environ: dict[str, str] | os._Environ[str] = os.environ) -> dict[str, str]:
