@@ -18,6 +18,7 @@ from services.gateway.limits import Limiter
 from services.gateway.pipeline import Accepted, ChatPipeline, ChatTurn, ChoiceDone, Delta, Done, merge_tool_calls
 from services.gateway.protocol import SESSION_ID_PATTERN, ChatCompletionRequest
 from services.gateway.streaming import (
+    AGENT_HEADER,
     DONE,
     NO_RESULT,
     SSE_HEADERS,
@@ -41,6 +42,8 @@ def create_router(pipeline: ChatPipeline, caller: Callable[..., Awaitable[Caller
         body: ChatCompletionRequest,
         request: Request,
         x_session_id: str | None = Header(default=None, alias=SESSION_HEADER, pattern=SESSION_ID_PATTERN),
+        # Names the agent that answers, whatever the model (an unknown one is a 400).
+        x_llmmesh_agent: str | None = Header(default=None, alias=AGENT_HEADER, max_length=64),
         caller_: Caller = Depends(caller),
     ) -> Response:
         session_id = body.session_id or x_session_id or ""
@@ -57,6 +60,7 @@ def create_router(pipeline: ChatPipeline, caller: Callable[..., Awaitable[Caller
             tool_name=tool_name,
             single_tool_call=single_tool_call,
             user=body.user or "",
+            agent=x_llmmesh_agent or "",
         )
         headers = {SESSION_HEADER: session_id} if session_id else {}
         completion = _Completion(turn, body)

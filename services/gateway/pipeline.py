@@ -6,6 +6,12 @@
 It yields domain events; the front ends only translate them to their wire formats. The turn
 is stored after the answer is complete, off the response path, with retries (the append is
 idempotent on the turn id): a client never waits for it, and never sees it fail.
+
+The router's plan decides the agent and the models to try; the inference service walks those
+candidates (fallback before the first token). The agent's memory policy is applied once both
+calls are back: the context is read while the route is decided rather than after it (a turn
+pays for the slower of the two, not their sum), and what the policy excludes is dropped — no
+history and no storing for a stateless agent, no recalled memories for a history-only one.
 """
 
 from __future__ import annotations
@@ -59,6 +65,10 @@ class ChatTurn:
     # The completions API: a raw prompt (text or token ids); no memory, no persona.
     prompt: str = ""
     prompt_ids: list[int] = field(default_factory=list)
+    # An agent to answer, named by the client (the x-llmmesh-agent header); "" lets the router choose.
+    agent: str = ""
+    # False once the agent's memory policy is stateless: the session is neither read nor stored.
+    uses_memory: bool = True
     started_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     # Unique per turn (the request id may repeat: clients may send their own).
     turn_id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -66,6 +76,11 @@ class ChatTurn:
     @property
     def raw_prompt(self) -> bool:
         return bool(self.prompt or self.prompt_ids)
+
+    @property
+    def stateful(self) -> bool:
+        """The turn reads and writes its session (until the agent's policy says otherwise)."""
+        return bool(self.session_id) and self.uses_memory and not self.raw_prompt
 
 
 @dataclass
@@ -202,7 +217,7 @@ class ChatPipeline:
         return list(reply.models)
 
     async def _context(self, turn: ChatTurn) -> memory_pb2.GetContextResponse:
-        if not turn.session_id or turn.raw_prompt:
+        if not turn.stateful:
             return memory_pb2.GetContextResponse()
         previous = self._last_append.get((turn.tenant, turn.session_id))
         if previous is not None and not previous.done():
@@ -217,7 +232,7 @@ class ChatPipeline:
 
     async def _route(self, turn: ChatTurn) -> router_pb2.RouteResponse:
         reply: router_pb2.RouteResponse = await self._clients.router.Route(
-            router_pb2.RouteRequest(model=turn.model, messages=turn.messages, tenant=turn.tenant),
+            router_pb2.RouteRequest(model=turn.model, messages=turn.messages, tenant=turn.tenant, agent=turn.agent),
             timeout=self._settings.upstream_timeout_s,
             metadata=call_metadata(),
         )
@@ -233,11 +248,19 @@ class ChatPipeline:
         except* grpc.aio.AioRpcError as failures:
             raise from_rpc_error(failures.exceptions[0]) from None
         context, route = context_call.result(), route_call.result()
+        policy = route.agent.memory_policy
+        if policy == router_pb2.MEMORY_POLICY_STATELESS:
+            turn.uses_memory = False
+            context = memory_pb2.GetContextResponse()
+        elif policy == router_pb2.MEMORY_POLICY_HISTORY:
+            del context.recalled[:]
+            context.recall_skipped = False
 
         system_prompt = context.session.system_prompt or route.agent.system_prompt
         start = inference_pb2.StartGeneration(
             request_id=turn.request_id,
             model=route.backend_model,
+            candidates=route.candidates[1:],
             messages=[] if turn.raw_prompt else assemble_prompt(system_prompt, turn.messages),
             prompt=turn.prompt,
             prompt_ids=turn.prompt_ids,
@@ -261,7 +284,10 @@ class ChatPipeline:
                 if kind == "started":
                     dropped = reply.started.dropped_turns
                     yield Accepted(
-                        route.agent.name, route.backend_model, reply.started.prompt_tokens, context.recall_skipped
+                        route.agent.name,
+                        reply.started.backend_model or route.backend_model,
+                        reply.started.prompt_tokens,
+                        context.recall_skipped,
                     )
                 elif kind == "delta":
                     delta = reply.delta
@@ -289,7 +315,7 @@ class ChatPipeline:
 
     def _remember(self, turn: ChatTurn, reply: common_pb2.ChatMessage, window_start: int) -> None:
         """Stores the finished turn in the background; the answer does not wait for it."""
-        if not turn.session_id or turn.raw_prompt:
+        if not turn.stateful:
             return
         new = [m for m in turn.messages if not _is_system(m)]
         new.append(reply)

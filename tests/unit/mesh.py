@@ -66,6 +66,8 @@ class MeshOptions:
     qdrant_url: str = ""
     # Where the API keys live when not with the memory (default: the same Redis).
     keys_redis_url: str = ""
+    # A router config other than deploy/router.yaml.
+    router_config: Path | None = None
     # Gateway settings to change (GatewaySettings field -> value).
     gateway: dict[str, Any] = field(default_factory=dict)
 
@@ -148,7 +150,10 @@ async def in_process_mesh(
     )
     indexer = Indexer(store, vectors, embeddings, batch=32, claim_idle_ms=300)
     router_channel = insecure_channel(targets["inference"])
-    routing, catalog = build_router(RouterSettings(), inference_pb2_grpc.InferenceServiceStub(router_channel))
+    router_settings = RouterSettings()
+    if options.router_config is not None:
+        router_settings.config_path = options.router_config
+    routing, catalog = build_router(router_settings, inference_pb2_grpc.InferenceServiceStub(router_channel))
     specs = [
         (
             ServiceSpec(

@@ -4,10 +4,20 @@ the agent and backend come back in headers while the body stays OpenAI's."""
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
+from typing import Any
+
 import openai
 import pytest
+import yaml
 
-from tests.unit.mesh import API_KEY, MODEL, Mesh
+from services.inference.embedder import Embedder
+from services.inference.engine import ChatTokenizer
+from services.router.settings import RouterSettings
+from tests.unit.mesh import API_KEY, MODEL, Mesh, MeshOptions, in_process_mesh
+
+ROUTER_CONFIG = RouterSettings().config_path
 
 CODE = "Please review this Python function, it returns the wrong total."
 CHAT_KEYS = {"id", "object", "created", "model", "choices", "usage"}
@@ -77,3 +87,69 @@ async def test_unknown_public_names_are_404(mesh: Mesh, model: str) -> None:
 
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "model_not_found"
+
+
+async def test_the_agent_header_names_the_agent_whatever_the_content(mesh: Mesh) -> None:
+    body = {"model": "llmmesh", "messages": [{"role": "user", "content": CODE}], "max_tokens": 4}
+    named = await mesh.http.post("/v1/chat/completions", json=body, headers={"X-Llmmesh-Agent": "sports-coach"})
+    unknown = await mesh.http.post("/v1/chat/completions", json=body, headers={"X-Llmmesh-Agent": "poet"})
+
+    assert named.status_code == 200
+    assert named.headers["x-llmmesh-agent"] == "sports-coach"
+    assert unknown.status_code == 400
+    assert unknown.json()["error"]["code"] == "agent_not_found"
+
+
+def _session() -> str:
+    return f"sess-{uuid.uuid4().hex}"
+
+
+def _mentions(prompt: list[dict[str, Any]], text: str) -> bool:
+    return any(text in str(message.get("content")) for message in prompt)
+
+
+async def test_a_history_only_agent_gets_the_window_and_no_recalled_memories(
+    valkey_url: str, tmp_path: Path, smollm2_tokenizer: ChatTokenizer, embedder: Embedder
+) -> None:
+    """code-reviewer's policy is `history`: the same session asked by the general agent
+    (`history+recall`) recalls a fact that left the window, the code reviewer does not."""
+    async with in_process_mesh(valkey_url, tmp_path, smollm2_tokenizer, embedder, MeshOptions(window_turns=1)) as mesh:
+        sid = _session()
+        for text in ("My cat is called Biscuit.", "Tell me a joke."):
+            assert (await mesh.chat(text, session_id=sid, model="llmmesh-general")).status_code == 200
+            await mesh.settle()
+        await mesh.chat("What is my cat called?", session_id=sid, model="llmmesh-general")
+        general = mesh.backend.last_prompt
+        await mesh.settle()
+        await mesh.chat("What is my cat called?", session_id=sid, model="llmmesh-code-reviewer")
+        reviewer = mesh.backend.last_prompt
+        await mesh.settle()
+
+    assert _mentions(general, "Biscuit")
+    assert not _mentions(reviewer, "Biscuit")
+    assert _mentions(reviewer, "What is my cat called?")  # the window still reaches it
+
+
+async def test_a_stateless_agent_neither_reads_nor_stores_the_session(
+    valkey_url: str, tmp_path: Path, smollm2_tokenizer: ChatTokenizer, embedder: Embedder
+) -> None:
+    config = yaml.safe_load(ROUTER_CONFIG.read_text())
+    for agent in config["agents"]:
+        if agent["name"] == "code-reviewer":
+            agent["memory"] = "stateless"
+    path = tmp_path / "router.yaml"
+    path.write_text(yaml.safe_dump(config))
+    options = MeshOptions(router_config=path)
+    async with in_process_mesh(valkey_url, tmp_path, smollm2_tokenizer, embedder, options) as mesh:
+        sid = _session()
+        first = await mesh.chat("My cat is called Biscuit.", session_id=sid, model="llmmesh-code-reviewer")
+        await mesh.stored()
+        second = await mesh.chat("What is my cat called?", session_id=sid, model="llmmesh-code-reviewer")
+        await mesh.stored()
+        prompt = mesh.backend.last_prompt
+        stored = await mesh.store.session("default", sid)
+
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert second.headers["x-session-id"] == sid  # still echoed
+    assert not _mentions(prompt, "Biscuit")
+    assert stored is None  # nothing was written
