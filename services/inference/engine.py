@@ -158,14 +158,14 @@ class LoadFigures:
 
     def now(self, stale_s: float = placement.STALE_S) -> LoadFigures:
         """The figures as of now: an engine that reported nothing for `stale_s` ran no step in
-        that time, so nothing is running or waiting in it."""
+        that time, so nothing runs or waits in it, and its KV cache holds no running request."""
         if time.monotonic() - self.reported_at <= stale_s:
             return self
-        return dataclasses.replace(self, running=0, waiting=0)
+        return dataclasses.replace(self, running=0, waiting=0, kv_cache_usage=0.0)
 
     def placement_load(self) -> placement.Load:
         now = self.now()
-        return placement.Load.of(now.running, now.waiting, now.kv_cache_usage, now.outstanding, now.max_num_seqs)
+        return placement.Load.of(now.running, now.outstanding, now.kv_cache_usage, now.max_num_seqs)
 
 
 class Backend(Protocol):

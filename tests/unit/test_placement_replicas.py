@@ -96,6 +96,10 @@ def _engine(name: str, **figures: Any) -> Any:
     return SimpleNamespace(name=name, load=load)
 
 
+def _runs(engine: Any, requests: int) -> None:
+    engine.load.running = engine.load.outstanding = requests
+
+
 def _placements(reason: str) -> float:
     return REGISTRY.get_sample_value("llmmesh_inference_placements_total", {"reason": reason}) or 0.0
 
@@ -107,10 +111,10 @@ def test_the_engine_pool_keeps_a_session_on_its_engine_until_that_one_is_overloa
     before = _placements("affinity"), _placements("least_loaded")
 
     assert pool.place("s1").name == "engine-0"
-    engines[0].load.running = 3  # busy, but under half of its 8 sequences
+    _runs(engines[0], 3)  # busy, but under half of its 8 sequences
     assert pool.place("s1").name == "engine-0"
     assert pool.place("s2").name == "engine-1"  # a new session: the least loaded
-    engines[0].load.running = 4  # half of its batch: overloaded
+    _runs(engines[0], 4)  # half of its batch: overloaded
     assert pool.place("s1").name == "engine-1"
 
     assert (_placements("affinity") - before[0], _placements("least_loaded") - before[1]) == (1, 3)
