@@ -14,11 +14,13 @@ for the throughput a second thread would add.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EMBEDDING_MODEL_NAME = "all-minilm-l6-v2"
+# How much lower the background lane's thread runs (below the CPU engine's default of 5).
+BACKGROUND_NICE = 10
 # Texts per forward pass, taken in order of length: each pass pads to its longest text, so a
 # short query does not pay for a long turn's padding.
 BATCH_SIZE = 16
@@ -60,9 +64,13 @@ class Embedder:
     while a batch is computed are embedded together in the next one (one forward pass over
     many short texts costs little more than over one), and a text already waiting or being
     computed is not computed twice (the router and the memory service embed the same query
-    of a chat turn). One batch at a time: torch already spreads one over every core, so two at
-    once only fight over them. Nothing is kept once a batch is done: a cache of past texts
-    would tell one tenant, by its speed, what another one asked.
+    of a chat turn). Nothing is kept once a batch is done: a cache of past texts would tell
+    one tenant, by its speed, what another one asked.
+
+    Two lanes, each one batch at a time on its own thread: queries (a chat turn waits for
+    them) and background work (the memory indexer's turns, which nobody waits for). The
+    background thread runs BACKGROUND_NICE levels lower, below the CPU engine too, so indexing
+    takes only what serving leaves and never holds a query up behind a batch of long turns.
     """
 
     def __init__(self, model: SentenceTransformer, name: str) -> None:
@@ -77,10 +85,11 @@ class Embedder:
         self._dimensions = dimensions
         self._thread_lock = threading.Lock()
         self._direct = _is_mean_pooled(model)
-        # Texts waiting for the next batch or in the current one, each with its result.
-        self._waiting: dict[str, asyncio.Future[tuple[list[float], int]]] = {}
-        self._computing: dict[str, asyncio.Future[tuple[list[float], int]]] = {}
-        self._worker: asyncio.Task[None] | None = None
+        # Looked up per batch (not bound once), so a test can put a fault in its place.
+        self._lanes = {
+            background: _Lane(lambda texts: self._embed_each(texts), BACKGROUND_NICE if background else 0)
+            for background in (False, True)
+        }
 
     @classmethod
     def load(cls, model_dir: Path | None = None, threads: int = 1) -> Embedder:
@@ -160,30 +169,60 @@ class Embedder:
 
     def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
         """One unit-length vector per text, and the tokens read (see ``count_tokens``)."""
-        vectors, tokens = self._embed_each(list(texts))
+        with self._thread_lock:  # callers of this one share the process's torch threads
+            vectors, tokens = self._embed_each(list(texts))
         return vectors, sum(tokens)
 
     def _embed_each(self, texts: list[str]) -> tuple[list[list[float]], list[int]]:
         """Vectors and tokens read, per text."""
         if not texts:
             return [], []
-        with self._thread_lock:
-            if self._direct:
-                return self._embed_direct(texts)
-            vectors = self._model.encode(
-                texts,
-                batch_size=BATCH_SIZE,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-            encoded = self._model.tokenizer(texts, truncation=True, max_length=self.max_tokens)
+        if self._direct:
+            return self._embed_direct(texts)
+        vectors = self._model.encode(
+            texts,
+            batch_size=BATCH_SIZE,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        encoded = self._model.tokenizer(texts, truncation=True, max_length=self.max_tokens)
         return vectors.tolist(), [len(ids) for ids in encoded["input_ids"]]
 
-    async def aembed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
-        """``embed`` off the event loop, batched with the other calls waiting (see the class)."""
+    async def aembed(self, texts: Sequence[str], background: bool = False) -> tuple[list[list[float]], int]:
+        """``embed`` off the event loop, batched with the other calls waiting in its lane (see
+        the class); ``background`` for work nobody waits for."""
         if not texts:
             return [], 0
+        pairs = await self._lanes[background].embed(texts)
+        return [vector for vector, _ in pairs], sum(tokens for _, tokens in pairs)
+
+    def close(self) -> None:
+        for lane in self._lanes.values():
+            lane.close()
+
+
+Result = tuple[list[float], int]
+
+
+class _Lane:
+    """Batches of texts computed one at a time on the lane's own thread (see Embedder)."""
+
+    def __init__(self, compute: Callable[[list[str]], tuple[list[list[float]], list[int]]], nice: int) -> None:
+        self._compute = compute
+        self._nice = nice
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed", initializer=self._start)
+        # Texts waiting for the next batch or in the current one, each with its result.
+        self._waiting: dict[str, asyncio.Future[Result]] = {}
+        self._computing: dict[str, asyncio.Future[Result]] = {}
+        self._worker: asyncio.Task[None] | None = None
+
+    def _start(self) -> None:
+        if self._nice and hasattr(os, "setpriority"):
+            with contextlib.suppress(OSError):  # Linux: nice is per thread; elsewhere best effort
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
+
+    async def embed(self, texts: Sequence[str]) -> list[Result]:
         loop = asyncio.get_running_loop()
         if self._worker is not None and self._worker.get_loop() is not loop:
             self._waiting, self._computing, self._worker = {}, {}, None  # a new event loop (tests)
@@ -197,16 +236,16 @@ class Embedder:
             self._worker = asyncio.create_task(self._run_batches())
         # Not gather: a cancelled caller must not cancel results other callers share.
         await asyncio.wait(set(results))
-        pairs = [r.result() for r in results]
-        return [vector for vector, _ in pairs], sum(tokens for _, tokens in pairs)
+        return [r.result() for r in results]
 
     async def _run_batches(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._waiting:
             self._computing = self._waiting
             self._waiting = {}
             texts = list(self._computing)
             try:
-                vectors, tokens = await asyncio.to_thread(self._embed_each, texts)
+                vectors, tokens = await loop.run_in_executor(self._executor, self._compute, texts)
             except Exception as exc:  # noqa: BLE001 - every caller of this batch gets it
                 for waiter in self._computing.values():
                     waiter.set_exception(exc)
@@ -215,6 +254,9 @@ class Embedder:
                     self._computing[text].set_result((vector, count))
             finally:
                 self._computing = {}
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _is_mean_pooled(model: SentenceTransformer) -> bool:

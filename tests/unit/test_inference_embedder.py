@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import threading
 import time
 
 import pytest
 
-from services.inference.embedder import EMBEDDING_MODEL_NAME, Embedder, packaged_model_dir
+from services.inference.embedder import BACKGROUND_NICE, EMBEDDING_MODEL_NAME, Embedder, packaged_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +156,31 @@ async def test_a_failed_batch_fails_its_callers_and_not_the_next(
     monkeypatch.setattr(embedder, "_embed_each", real)
     vectors, _ = await embedder.aembed(["a"])
     assert len(vectors) == 1
+
+
+async def test_a_query_does_not_wait_behind_a_background_batch(
+    embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The indexer's turns go to the background lane, on a thread of its own that runs lower
+    than the rest; a chat turn's query is computed meanwhile on the query lane."""
+    release = threading.Event()
+    niceness: dict[str, int] = {}
+    real = embedder._embed_each
+
+    def held(texts: list[str]) -> tuple[list[list[float]], list[int]]:
+        niceness[texts[0]] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        if texts[0].startswith("turn"):
+            release.wait(10)
+        return real(texts)
+
+    monkeypatch.setattr(embedder, "_embed_each", held)
+    background = asyncio.ensure_future(embedder.aembed(["turn to index"], background=True))
+    await asyncio.sleep(0.05)
+    vectors, _ = await asyncio.wait_for(embedder.aembed(["a query"]), 5)  # not held up
+    still_running = not background.done()
+    release.set()
+    await background
+
+    assert len(vectors) == 1
+    assert still_running
+    assert niceness["turn to index"] >= niceness["a query"] + BACKGROUND_NICE
