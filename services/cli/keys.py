@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,6 +17,11 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.cli.client import MeshClient
+from services.cli.output import error as _error
+from services.cli.output import one_line as _one_line
+from services.cli.output import say as _say
+from services.cli.output import table
+from services.cli.output import utc as _utc
 from services.cli.settings import DEFAULT_REDIS_URL, CliSettings
 from services.gateway.keys import KeyInfo, KeyLimits, KeyStore
 
@@ -157,7 +160,7 @@ def format_table(found: Sequence[KeyInfo]) -> str:
     """The keys as aligned columns: id, tenant, name, created (UTC), hint, and the key's own
     limits ("-": the gateway's default)."""
     header = ("ID", "TENANT", "NAME", "CREATED (UTC)", "HINT", "RPM", "TPM", "STREAMS", "MODELS")
-    rows = [header] + [
+    rows = [
         (
             info.id,
             _one_line(info.tenant),
@@ -171,9 +174,7 @@ def format_table(found: Sequence[KeyInfo]) -> str:
         )
         for info in found
     ]
-    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
-    lines = ("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows)
-    return "\n".join(line.rstrip() for line in lines)
+    return table(header, rows)
 
 
 def _limit_cell(value: int | None) -> str:
@@ -190,12 +191,6 @@ def _limits_line(limits: KeyLimits) -> str:
     return "; ".join(parts)
 
 
-def _utc(unix_s: int) -> str:
-    if unix_s <= 0:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(unix_s))
-
-
 def _safe_url(url: str) -> str:
     """The URL without its password, for messages."""
     try:
@@ -209,17 +204,3 @@ def _safe_url(url: str) -> str:
         return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
     except ValueError:
         return "(the given URL)"
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _say(text: str) -> None:
-    print(text, flush=True)
-
-
-def _error(text: str) -> int:
-    sys.stdout.flush()
-    print(f"error: {text}", file=sys.stderr, flush=True)
-    return 1

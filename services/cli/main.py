@@ -1,10 +1,10 @@
-"""``llmmesh``: the command line, a client of the public HTTP API; ``llmmesh keys``, an
-operator's tool, talks to the key store (the Redis-protocol server) directly instead.
+"""``llmmesh``: the command line, a client of the public HTTP API; the operator's tools talk to
+what the API does not expose directly instead: ``llmmesh keys`` to the key store (the
+Redis-protocol server), ``llmmesh knowledge`` to the memory service's gRPC port.
 
 Each subcommand is a module with ``register(subparsers, parent)``, which adds its parser and
 sets ``handler`` to a ``run(args, client, settings) -> exit code`` (one that does not use the
-API ignores ``client``); adding one (``llmmesh knowledge ...``) means writing the module and
-listing it in SUBCOMMANDS.
+API ignores ``client``); adding one means writing the module and listing it in SUBCOMMANDS.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from types import ModuleType
 
 from pydantic import ValidationError
 
-from services.cli import chat, keys
+from services.cli import chat, keys, knowledge
 from services.cli.client import MeshClient
 from services.cli.settings import DEFAULT_BASE_URL, CliSettings
 
-SUBCOMMANDS: tuple[ModuleType, ...] = (chat, keys)
+SUBCOMMANDS: tuple[ModuleType, ...] = (chat, keys, knowledge)
 
 
 def _positive_float(text: str) -> float:
@@ -75,6 +75,7 @@ def resolve_settings(args: argparse.Namespace) -> CliSettings:
         "timeout": "timeout_s",
         "model": "model",
         "redis_url": "redis_url",
+        "memory_target": "memory_target",
     }
     overrides = {field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag, None)}
     return CliSettings().model_copy(update=overrides)

@@ -1,5 +1,5 @@
-"""Where the ``llmmesh`` command finds the API (and, for ``llmmesh keys``, the key store);
-flags override these."""
+"""Where the ``llmmesh`` command finds the API (and, for ``llmmesh keys``, the key store; for
+``llmmesh knowledge``, the memory service); flags override these."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080/v1"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_MEMORY_TARGET = "127.0.0.1:8103"
 
 
 class CliSettings(BaseSettings):
@@ -24,3 +25,6 @@ class CliSettings(BaseSettings):
     # The Redis-protocol server the gateways keep the API keys in (`llmmesh keys` talks to it
     # directly; the local stack's is on 6379).
     redis_url: str = DEFAULT_REDIS_URL
+    # The memory service's gRPC port (`llmmesh knowledge` talks to it directly; the local
+    # stack's is 8103).
+    memory_target: str = DEFAULT_MEMORY_TARGET

@@ -8,8 +8,9 @@ from llmmesh.common.v1 import chat_pb2
 from llmmesh.memory.v1 import memory_pb2, memory_pb2_grpc
 from services.common.errors import InvalidArgumentError, MeshError
 from services.memory.core import MemoryCore
+from services.memory.knowledge import Knowledge
 from services.memory.store import SessionDeletedError, SessionInfo, StoredMessage, StoredTurn
-from services.memory.vectors import MemoryRecord, ScoredRecord
+from services.memory.vectors import DocumentInfo, MemoryRecord, ScoredPassage, ScoredRecord
 
 MAX_ID = 256
 
@@ -80,9 +81,29 @@ def scored_proto(found: ScoredRecord) -> memory_pb2.Memory:
     return memory_proto(found.record, found.score)
 
 
+def collections_proto(documents: list[DocumentInfo]) -> list[memory_pb2.KnowledgeCollection]:
+    """Documents (by collection, then name) grouped into their collections."""
+    collections: dict[str, memory_pb2.KnowledgeCollection] = {}
+    for d in documents:
+        collection = collections.setdefault(d.collection, memory_pb2.KnowledgeCollection(name=d.collection))
+        collection.documents.append(
+            memory_pb2.KnowledgeDocumentInfo(name=d.document, chunks=d.chunks, tokens=d.tokens, added_at=d.added_at)
+        )
+        collection.chunks += d.chunks
+    return list(collections.values())
+
+
+def passage_proto(found: ScoredPassage) -> memory_pb2.KnowledgePassage:
+    p = found.passage
+    return memory_pb2.KnowledgePassage(
+        document=p.document, chunk=p.chunk, text=p.text, score=found.score, tokens=p.tokens
+    )
+
+
 class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
-    def __init__(self, core: MemoryCore) -> None:
+    def __init__(self, core: MemoryCore, knowledge: Knowledge | None = None) -> None:
         self._core = core
+        self._knowledge = knowledge or Knowledge(core.vectors, core.embeddings)
 
     async def GetContext(
         self, request: memory_pb2.GetContextRequest, context: grpc.aio.ServicerContext
@@ -202,4 +223,50 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             raise InvalidArgumentError("memory_id is required")
         return memory_pb2.DeleteMemoryResponse(
             deleted=await self._core.delete_memory(request.tenant, request.memory_id)
+        )
+
+    # --- knowledge ----------------------------------------------------------------------
+
+    async def AddKnowledge(
+        self, request: memory_pb2.AddKnowledgeRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.AddKnowledgeResponse:
+        _require(request.tenant)
+        added = await self._knowledge.add(
+            request.tenant, request.collection, [(d.name, d.text) for d in request.documents]
+        )
+        return memory_pb2.AddKnowledgeResponse(
+            documents=[
+                memory_pb2.AddedDocument(name=a.name, chunks=a.chunks, tokens=a.tokens, removed_chunks=a.removed_chunks)
+                for a in added
+            ]
+        )
+
+    async def ListKnowledge(
+        self, request: memory_pb2.ListKnowledgeRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.ListKnowledgeResponse:
+        _require(request.tenant)
+        documents = await self._knowledge.documents(request.tenant, request.collection)
+        return memory_pb2.ListKnowledgeResponse(collections=collections_proto(documents))
+
+    async def DeleteKnowledge(
+        self, request: memory_pb2.DeleteKnowledgeRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.DeleteKnowledgeResponse:
+        _require(request.tenant)
+        removed = await self._knowledge.delete(request.tenant, request.collection, request.document)
+        return memory_pb2.DeleteKnowledgeResponse(removed_chunks=removed)
+
+    async def SearchKnowledge(
+        self, request: memory_pb2.SearchKnowledgeRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.SearchKnowledgeResponse:
+        _require(request.tenant)
+        found = await self._knowledge.search(
+            request.tenant,
+            request.collection,
+            request.query,
+            top_k=request.top_k,
+            max_tokens=request.max_tokens,
+            min_score=request.min_score,
+        )
+        return memory_pb2.SearchKnowledgeResponse(
+            passages=[passage_proto(f) for f in found], tokens=sum(f.passage.tokens for f in found)
         )
