@@ -261,15 +261,16 @@ class Knowledge:
         self, tenant: str, collection: str, query: str, *, top_k: int, max_tokens: int, min_score: float
     ) -> list[ScoredPassage]:
         check_collection(collection)
-        if not query.strip() or len(query) > MAX_QUERY:
-            raise InvalidArgumentError(f"query must be 1-{MAX_QUERY} characters, not blank", "query")
+        if not query.strip():
+            raise InvalidArgumentError("query must not be blank", "query")
         if not 0 <= top_k <= MAX_TOP_K:
             raise InvalidArgumentError(f"top_k must be between 1 and {MAX_TOP_K} (0: 5)", "top_k")
         if max_tokens < 0:
             raise InvalidArgumentError("max_tokens must be 0 (no cap) or more", "max_tokens")
         if not -1 <= min_score <= 1:
             raise InvalidArgumentError("min_score must be between -1 and 1", "min_score")
-        (vector,) = await self._embeddings.embed([query])
+        # The embedder reads the first 256 word-pieces: a longer query is cut, not refused.
+        (vector,) = await self._embeddings.embed([query[:MAX_QUERY]])
         threshold = min_score or -1.0  # 0: any passage
         found = await self._vectors.search_passages(tenant, collection, vector, limit=top_k or 5, threshold=threshold)
         # Nothing found: either nothing passed min_score, or there is no such collection.

@@ -1,5 +1,6 @@
 """Memory service bootstrap: Redis (sessions, history, the indexing queue), the vector store
-(embedded Qdrant or a Qdrant server), the inference service for embeddings, the indexer."""
+(embedded Qdrant or a Qdrant server: memories and knowledge), the inference service for
+embeddings, the indexer."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from services.common.server import ServiceSpec, serve
 from services.memory.core import MemoryCore, RecallPolicy, dependency_unavailable
 from services.memory.embedding import RemoteEmbeddings
 from services.memory.indexer import Indexer
+from services.memory.knowledge import Knowledge
 from services.memory.servicer import MemoryServicer
 from services.memory.settings import MemorySettings
 from services.memory.store import SessionStore
@@ -63,7 +65,9 @@ async def main() -> None:
     spec = ServiceSpec(
         name="memory",
         grpc_services=[SERVICE_NAME],
-        register=lambda server: memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(core), server),
+        register=lambda server: memory_pb2_grpc.add_MemoryServiceServicer_to_server(
+            MemoryServicer(core, Knowledge(vectors, embeddings)), server
+        ),
         translate_error=dependency_unavailable,
     )
     await serve(spec, settings, startup=startup, shutdown=shutdown)

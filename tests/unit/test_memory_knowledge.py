@@ -287,6 +287,7 @@ async def test_min_score_and_the_token_cap(server: KnowledgeServer) -> None:
         ({"collection": "bad name!"}, "collection"),
         ({"collection": ""}, "collection"),
         ({"query": "   "}, "query"),
+        ({"query": ""}, "query"),
         ({"top_k": 21}, "top_k"),
         ({"max_tokens": -1}, "max_tokens"),
         ({"min_score": 1.5}, "min_score"),
