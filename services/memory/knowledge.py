@@ -19,6 +19,7 @@ writes over its passages, and those of a longer earlier version are removed afte
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import time
@@ -50,8 +51,9 @@ _IDS = uuid.UUID("3c1f7a52-0d4e-4b8a-9e61-2f5d8c7b1a40")
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 _WORD = re.compile(r"\w+")
 _MARK = re.compile(r"[^\w\s]")
-# After . ! ? (and a closing quote or bracket), before whitespace: where a sentence may end.
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
+# The whitespace after . ! ? (or after one of those and a closing quote or bracket): where a
+# sentence may end. Captured, so that a line break between sentences is kept.
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))(\s+)")
 
 
 def estimate_tokens(text: str) -> int:
@@ -65,22 +67,29 @@ def passage_id(tenant: str, collection: str, document: str, chunk: int) -> str:
 
 @dataclass(frozen=True)
 class _Piece:
-    """A sentence (or part of one), and whether it opens a paragraph."""
+    """A sentence (or part of one), and what separates it from the text before it: a blank
+    line (it opens a paragraph), a line break or a space."""
 
     text: str
     tokens: int
-    opens_paragraph: bool
+    after: str
+
+    @property
+    def opens_paragraph(self) -> bool:
+        return self.after == "\n\n"
 
 
 def _pieces(text: str) -> list[_Piece]:
     """The text as sentences, each at most CHUNK_MAX_TOKENS (a longer one is cut by words)."""
     pieces: list[_Piece] = []
     for paragraph in _PARAGRAPH_BREAK.split(text.replace("\r\n", "\n")):
-        opens = True
-        for sentence in _SENTENCE_END.split(paragraph.strip()):
+        after = "\n\n"
+        parts = _SENTENCE_END.split(paragraph.strip())
+        for sentence, gap in itertools.zip_longest(parts[::2], parts[1::2], fillvalue=""):
             for part in _by_words(sentence.strip()):
-                pieces.append(_Piece(part, estimate_tokens(part), opens))
-                opens = False
+                pieces.append(_Piece(part, estimate_tokens(part), after))
+                after = " "
+            after = "\n" if "\n" in gap else " "
     return pieces
 
 
@@ -101,11 +110,7 @@ def _by_words(sentence: str) -> list[str]:
 
 
 def _join(pieces: Sequence[_Piece]) -> str:
-    """Sentences of one paragraph joined by a space, paragraphs by a blank line."""
-    out = ""
-    for piece in pieces:
-        out += ("\n\n" if piece.opens_paragraph else " ") + piece.text if out else piece.text
-    return out
+    return "".join((piece.after if i else "") + piece.text for i, piece in enumerate(pieces))
 
 
 def chunk(text: str) -> list[str]:
@@ -137,10 +142,7 @@ def _overlap(previous: Sequence[_Piece], room_for: int) -> list[_Piece]:
             break
         kept.insert(0, piece)
         size += piece.tokens
-    if size + room_for > CHUNK_MAX_TOKENS:
-        return []
-    # The repeated sentences continue their paragraph: the passage starts without a break.
-    return [_Piece(p.text, p.tokens, False) for p in kept]
+    return [] if size + room_for > CHUNK_MAX_TOKENS else kept
 
 
 def within_tokens(found: Sequence[ScoredPassage], max_tokens: int) -> list[ScoredPassage]:
