@@ -28,10 +28,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import grpc
+from prometheus_client import Counter
 
 from services.common.errors import InvalidArgumentError, MeshError
 from services.memory.embedding import Embeddings
 from services.memory.vectors import DocumentInfo, Passage, ScoredPassage, VectorStore
+
+SEARCHES = Counter(
+    "llmmesh_memory_knowledge_searches_total",
+    "SearchKnowledge calls answered, by outcome: found, none (none close enough) or no_collection.",
+    ["outcome"],
+)
+PASSAGES_WRITTEN = Counter("llmmesh_memory_knowledge_passages_written_total", "Knowledge passages embedded and stored.")
 
 CHUNK_MAX_TOKENS = 220
 CHUNK_MIN_TOKENS = 150
@@ -238,6 +246,7 @@ class Knowledge:
             own = vectors[offset : offset + len(chunks)]
             offset += len(chunks)
             removed = await self._vectors.replace_document(tenant, collection, name, passages, own)
+            PASSAGES_WRITTEN.inc(len(passages))
             result.append(Added(name, len(passages), sum(p.tokens for p in passages), removed))
         return result
 
@@ -277,5 +286,7 @@ class Knowledge:
         found = await self._vectors.search_passages(tenant, collection, vector, limit=top_k or 5, threshold=threshold)
         # Nothing found: either nothing passed min_score, or there is no such collection.
         if not found and not await self._vectors.search_passages(tenant, collection, vector, limit=1, threshold=-1.0):
+            SEARCHES.labels("no_collection").inc()
             raise unknown_collection(collection)
+        SEARCHES.labels("found" if found else "none").inc()
         return within_tokens(found, max_tokens)

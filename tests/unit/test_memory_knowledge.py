@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from llmmesh.memory.v1 import memory_pb2, memory_pb2_grpc
 from services.cli.main import main
@@ -278,16 +279,28 @@ async def test_re_adding_a_shortened_document_leaves_no_stale_passage(server: Kn
     assert [(d.name, d.chunks) for d in collection.documents] == [("handbook.md", shorter.documents[0].chunks)]
 
 
+def searches(outcome: str) -> float:
+    return REGISTRY.get_sample_value("llmmesh_memory_knowledge_searches_total", {"outcome": outcome}) or 0.0
+
+
 async def test_min_score_and_the_token_cap(server: KnowledgeServer) -> None:
     tenant = new_tenant()
     await add(server, tenant, doc("handbook.md", long_document(fact_at=0)))
+    before = {outcome: searches(outcome) for outcome in ("found", "none", "no_collection")}
 
     capped = await search(server, tenant, top_k=10, max_tokens=30)
     strict = await search(server, tenant, "quantum chromodynamics of gluon fields", min_score=0.9)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await search(server, new_tenant())
 
     assert len(capped.passages) == 1
     assert capped.tokens <= 30
     assert list(strict.passages) == []  # the collection exists: nothing was close enough
+    assert {outcome: searches(outcome) - count for outcome, count in before.items()} == {
+        "found": 1,
+        "none": 1,
+        "no_collection": 1,
+    }
 
 
 @pytest.mark.parametrize(
