@@ -1,7 +1,8 @@
 """Placement on the real engine: one inference service with two CPU engines (each on one share of
 the cores, with a small KV cache). A session's turns land on one engine, whose prefix-cache hits
 show that it reused the session's prompt so far; with that engine held busy, a new session goes
-to the other one."""
+to the other one, and once it is overloaded (half of its 4 sequences running) the session's
+next turn goes there too."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
 
 from llmmesh.common.v1 import chat_pb2 as common_pb2
 from llmmesh.inference.v1 import inference_pb2, inference_pb2_grpc
-from services.common.channels import insecure_channel
 from services.gateway.placement import affinity_key
 from tests.inference_rpc import generate
 from tests.integration.conftest import MODEL, REPO
@@ -42,6 +43,7 @@ def two_engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "LLMMESH_INFERENCE_CPU_KV_CACHE_GIB": "2",
         "LLMMESH_INFERENCE_MAX_MODEL_LEN": "2048",
         "LLMMESH_INFERENCE_MAX_NUM_SEQS": "4",
+        "LLMMESH_INFERENCE_PLACEMENT_RUNNING_SHARE": "0.5",
         "LLMMESH_INFERENCE_EMBEDDINGS": "false",
         "LLMMESH_INFERENCE_BACKENDS_FILE": "",
     }
@@ -91,8 +93,27 @@ def _turn(key: str, history: list[inference_pb2.HistoryTurn], question: str) -> 
     )
 
 
+async def _hold(
+    stub: inference_pb2_grpc.InferenceServiceStub, key: str, history: list[inference_pb2.HistoryTurn], engine: str
+) -> Any:
+    """A long generation of session `key`, streaming on `engine` once this returns."""
+    call = stub.Generate()
+    long_turn = _turn(key, history, "Count to a thousand.")
+    long_turn.sampling.max_tokens = 1500
+    long_turn.sampling.ignore_eos = True
+    await call.write(inference_pb2.GenerateRequest(start=long_turn))
+    async for reply in call:
+        if reply.WhichOneof("event") == "started":
+            assert reply.started.engine == engine
+        if reply.WhichOneof("event") == "delta":
+            break
+    return call
+
+
 async def test_a_session_stays_on_the_engine_caching_it_and_a_new_one_avoids_a_busy_engine(two_engines: str) -> None:
-    channel = insecure_channel(two_engines)
+    # The service takes a minute or two to start: retry connecting every second meanwhile,
+    # instead of backing off for as long again.
+    channel = grpc.aio.insecure_channel(two_engines, options=[("grpc.max_reconnect_backoff_ms", 1000)])
     stub = inference_pb2_grpc.InferenceServiceStub(channel)
     try:
         await _wait_for_engines(stub, timeout_s=300)
@@ -123,21 +144,17 @@ async def test_a_session_stays_on_the_engine_caching_it_and_a_new_one_avoids_a_b
         home = placed[0]
 
         # Hold the session's engine busy with a long generation of the same session.
-        busy = stub.Generate()
-        long_turn = _turn(session, history, "Count to a thousand.")
-        long_turn.sampling.max_tokens = 1500
-        long_turn.sampling.ignore_eos = True
-        await busy.write(inference_pb2.GenerateRequest(start=long_turn))
-        async for reply in busy:
-            if reply.WhichOneof("event") == "started":
-                assert reply.started.engine == home
-            if reply.WhichOneof("event") == "delta":
-                break
+        busy = [await _hold(stub, session, history, home)]
         new = await generate(stub, _turn(affinity_key("tenant", "session-2"), [], "Hello!"))
         assert new.started.engine != home
         # One running request of four is no overload: the session's own next turn still goes home.
         again = await generate(stub, _turn(session, history, "And 11?"))
         assert again.started.engine == home
-        busy.cancel()
+        # Two are (half of its batch): the session's next turn goes to the other engine.
+        busy.append(await _hold(stub, session, history, home))
+        moved = await generate(stub, _turn(session, history, "And 13?"))
+        assert moved.started.engine != home
+        for call in busy:
+            call.cancel()
     finally:
         await channel.close()
