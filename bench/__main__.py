@@ -29,7 +29,9 @@ def main() -> int:
     reports = []
     for name in args.names or list(BENCHMARKS):
         print(f"-- running {name} ...", flush=True)
+        started = time.monotonic()
         report = BENCHMARKS[name].run(ctx)
+        report.notes.append(f"ran for {time.monotonic() - started:.0f} s")
         reports.append(report)
         plot_report(report, out_dir / f"{name}.png")
         print(format_report(report), flush=True)

@@ -130,8 +130,8 @@ def run(ctx: Context) -> Report:
     in reserve), vLLM's own with the engine settings llmmesh chooses for this machine, and
     llmmesh through Envoy; each under load, and the tuned pair also at light load (1 and 4
     concurrent) where TTFT shows the mesh's own cost rather than queueing."""
-    prompts = 32 if ctx.quick else 64
-    light = [(1, 4 if ctx.quick else 8), (4, 8 if ctx.quick else 16)]
+    prompts = 16 if ctx.quick else 64
+    light = [(1, 3 if ctx.quick else 8), (4, 8 if ctx.quick else 16)]
     folder = prepare_default_model(InferenceSettings().cache_dir)
     model_path = str(folder)
     backend = _register_session_backend()

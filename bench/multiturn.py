@@ -167,9 +167,9 @@ def _first_failure(side: Side) -> float:
 
 
 def run(ctx: Context) -> Report:
-    sessions, turns = (4, 4) if ctx.quick else (16, 12)
+    sessions, turns = (4, 3) if ctx.quick else (16, 12)
     context = 2048 if ctx.quick else 4096
-    long_sessions, long_turns = (1, 10) if ctx.quick else (2, 12)
+    long_sessions, long_turns = (1, 8) if ctx.quick else (2, 12)
     paragraphs = context // 7 // PARAGRAPH_TOKENS
     folder = prepare_default_model(InferenceSettings().cache_dir)
     plan = sizing.plan_cpu_engine(sizing.Machine.detect())
