@@ -12,6 +12,9 @@ candidates (fallback before the first token). The agent's memory policy is appli
 calls are back: the context is read while the route is decided rather than after it (a turn
 pays for the slower of the two, not their sum), and what the policy excludes is dropped — no
 history and no storing for a stateless agent, no recalled memories for a history-only one.
+An agent with retrieval on then gets the passages of its knowledge collection most relevant to
+the new message in its system prompt (one more call, after the route: only such agents wait
+for it; a collection that is missing or unreachable leaves the prompt as it was).
 """
 
 from __future__ import annotations
@@ -43,6 +46,15 @@ log = logging.getLogger(__name__)
 APPENDS = Counter(
     "llmmesh_gateway_memory_appends_total", "Turns handed to memory after the answer, by outcome.", ["outcome"]
 )
+KNOWLEDGE = Counter(
+    "llmmesh_gateway_retrievals_total",
+    "Knowledge searches for agents with retrieval on, by outcome (found, none, or the gRPC code).",
+    ["outcome"],
+)
+# Passages asked for, and the similarity a passage needs: on a running handbook, related
+# questions scored 0.46-0.66 and unrelated ones ("pasta recipe", "hello") at most 0.17.
+KNOWLEDGE_TOP_K = 5
+KNOWLEDGE_MIN_SCORE = 0.25
 
 
 @dataclass
@@ -135,18 +147,37 @@ def _is_system(message: common_pb2.ChatMessage) -> bool:
     return message.role in ("system", "developer")
 
 
-def assemble_prompt(system_prompt: str, new: list[common_pb2.ChatMessage]) -> list[common_pb2.ChatMessage]:
+def assemble_prompt(
+    system_prompt: str, new: list[common_pb2.ChatMessage], reference: str = ""
+) -> list[common_pb2.ChatMessage]:
     """System first (the client's own, else the session's or agent's), then the new turn. The
-    inference service puts the history and recalled memories between the two."""
+    inference service puts the history and recalled memories between the two. `reference`
+    (retrieved passages) ends the first system message: one system message, as every chat
+    template accepts."""
     client_system = [m for m in new if _is_system(m)]
     rest = [m for m in new if not _is_system(m)]
     if client_system:
-        system = client_system
-    elif system_prompt:
+        system = [common_pb2.ChatMessage() for _ in client_system]
+        for copy, original in zip(system, client_system, strict=True):
+            copy.CopyFrom(original)  # the client's own messages are not changed in place
+    elif system_prompt or reference:
         system = [common_pb2.ChatMessage(role="system", content=system_prompt)]
     else:
         system = []
+    if reference:
+        system[0].content = f"{system[0].content}\n\n{reference}".lstrip()
     return [*system, *rest]
+
+
+def reference_block(passages: Sequence[memory_pb2.KnowledgePassage]) -> str:
+    """Retrieved passages as they go into the system prompt, best first, each under its document."""
+    if not passages:
+        return ""
+    body = "\n\n".join(f"[{p.document}]\n{p.text}" for p in passages)
+    return (
+        "Reference passages from the knowledge base (use them where they answer the question; "
+        f"say so if they do not cover it):\n\n{body}"
+    )
 
 
 def memory_line(memory: memory_pb2.Memory) -> str:
@@ -230,6 +261,32 @@ class ChatPipeline:
         )
         return reply
 
+    async def _knowledge(self, turn: ChatTurn, retrieval: router_pb2.Retrieval) -> str:
+        """The agent's passages for the new message; "" when retrieval is off, the collection
+        does not exist (yet) or memory cannot answer: the turn is answered without them."""
+        query = next((m.content for m in reversed(turn.messages) if m.role == "user"), "")
+        if not retrieval.enabled or not retrieval.collection or not query.strip() or turn.raw_prompt:
+            return ""
+        request = memory_pb2.SearchKnowledgeRequest(
+            tenant=turn.tenant,
+            collection=retrieval.collection,
+            query=query,
+            top_k=KNOWLEDGE_TOP_K,
+            max_tokens=retrieval.max_tokens,
+            min_score=KNOWLEDGE_MIN_SCORE,
+        )
+        try:
+            reply = await self._clients.memory.SearchKnowledge(
+                request, timeout=self._settings.upstream_timeout_s, metadata=call_metadata()
+            )
+        except grpc.aio.AioRpcError as exc:
+            KNOWLEDGE.labels(exc.code().name.lower()).inc()
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                log.warning("retrieval skipped", extra={"collection": retrieval.collection, "code": exc.code().name})
+            return ""
+        KNOWLEDGE.labels("found" if reply.passages else "none").inc()
+        return reference_block(reply.passages)
+
     async def _route(self, turn: ChatTurn) -> router_pb2.RouteResponse:
         reply: router_pb2.RouteResponse = await self._clients.router.Route(
             router_pb2.RouteRequest(model=turn.model, messages=turn.messages, tenant=turn.tenant, agent=turn.agent),
@@ -257,11 +314,12 @@ class ChatPipeline:
             context.recall_skipped = False
 
         system_prompt = context.session.system_prompt or route.agent.system_prompt
+        reference = await self._knowledge(turn, route.agent.retrieval)
         start = inference_pb2.StartGeneration(
             request_id=turn.request_id,
             model=route.backend_model,
             candidates=route.candidates[1:],
-            messages=[] if turn.raw_prompt else assemble_prompt(system_prompt, turn.messages),
+            messages=[] if turn.raw_prompt else assemble_prompt(system_prompt, turn.messages, reference),
             prompt=turn.prompt,
             prompt_ids=turn.prompt_ids,
             sampling=_merge_sampling(turn.sampling, route.agent.sampling_defaults),

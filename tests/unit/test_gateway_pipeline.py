@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from llmmesh.common.v1 import chat_pb2
 from llmmesh.memory.v1 import memory_pb2
-from services.gateway.pipeline import _merge_sampling, assemble_prompt, window_after_trim
+from services.gateway.pipeline import _merge_sampling, assemble_prompt, reference_block, window_after_trim
 
 
 def msg(role: str, content: str) -> chat_pb2.ChatMessage:
@@ -35,6 +35,31 @@ def test_persona_used_when_client_sends_no_system() -> None:
 
 def test_no_system_at_all_without_persona_or_client_system() -> None:
     assert assemble_prompt("", [msg("user", "question")]) == [msg("user", "question")]
+
+
+def test_retrieved_passages_end_the_system_message_in_use() -> None:
+    client = [msg("system", "client system"), msg("user", "question")]
+
+    with_client = assemble_prompt("agent persona", client, "PASSAGES")
+    with_persona = assemble_prompt("agent persona", [msg("user", "question")], "PASSAGES")
+    alone = assemble_prompt("", [msg("user", "question")], "PASSAGES")
+
+    assert with_client[0] == msg("system", "client system\n\nPASSAGES")
+    assert client[0].content == "client system"  # the request's own message is left as it was
+    assert with_persona[0] == msg("system", "agent persona\n\nPASSAGES")
+    assert alone == [msg("system", "PASSAGES"), msg("user", "question")]
+
+
+def test_reference_block_names_each_passage_document_best_first() -> None:
+    passages = [
+        memory_pb2.KnowledgePassage(document="a.md", text="first"),
+        memory_pb2.KnowledgePassage(document="b.md", text="second"),
+    ]
+
+    block = reference_block(passages)
+
+    assert block.index("[a.md]\nfirst") < block.index("[b.md]\nsecond")
+    assert reference_block([]) == ""
 
 
 def test_client_system_messages_move_to_the_front() -> None:
