@@ -184,7 +184,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 f"at most {MAX_EMBED_TEXTS} texts per call",
                 "invalid_request_error",
             )
-        vectors, tokens = await embedder.aembed(list(request.texts))
+        vectors, tokens = await embedder.aembed(list(request.texts), background=request.background)
         return inference_pb2.EmbedResponse(
             embeddings=[inference_pb2.Embedding(values=v) for v in vectors],
             model=embedder.name,

@@ -44,8 +44,13 @@ async def main() -> None:
         window_turns=settings.window_turns,
         recall=RecallPolicy(settings.recall_top_k, settings.recall_threshold, settings.dedup_similarity),
     )
+    # The indexer's turns are embedded below serving: under load they wait, queued, for the
+    # cores serving leaves.
+    background = RemoteEmbeddings(
+        inference_pb2_grpc.InferenceServiceStub(channel), settings.index_embed_timeout_s, background=True
+    )
     indexer = Indexer(
-        store, vectors, embeddings, batch=settings.index_batch, claim_idle_ms=settings.index_claim_idle_ms
+        store, vectors, background, batch=settings.index_batch, claim_idle_ms=settings.index_claim_idle_ms
     )
     tasks: list[asyncio.Task[None]] = []
 

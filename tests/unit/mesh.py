@@ -148,7 +148,8 @@ async def in_process_mesh(
         window_turns=options.window_turns,
         recall=RecallPolicy(options.recall_top_k, options.recall_threshold),
     )
-    indexer = Indexer(store, vectors, embeddings, batch=32, claim_idle_ms=300)
+    background = RemoteEmbeddings(inference_pb2_grpc.InferenceServiceStub(embed_channel), 30.0, background=True)
+    indexer = Indexer(store, vectors, background, batch=32, claim_idle_ms=300)
     router_channel = insecure_channel(targets["inference"])
     router_settings = RouterSettings()
     if options.router_config is not None:
