@@ -8,12 +8,14 @@ tenant and session) goes where that key went last, unless that target is overloa
 behind a full batch costs more than recomputing a prefix. Everything else goes to the least
 loaded target: fewest waiting, then fewest running, then the least KV cache in use.
 
-The figures come from the engines' own scheduler (running, KV cache use), reported after each
-step and never trusted past 2 s, and from the requests the inference service handed each engine
-and has not seen finish ("outstanding"). An engine runs nothing else, so those bound what it
-runs and queues: a request its scheduler has not reported yet counts as waiting (a burst
-arriving between two reports spreads instead of piling onto one engine), and one that finished
-since the last report no longer counts at all.
+The figures come from the engines' own scheduler (waiting requests, KV cache use), reported
+after each step and never trusted past 2 s, and from the requests the inference service handed
+each engine and has not seen finish ("outstanding"). An engine runs nothing else, so those bound
+what it holds: a request its scheduler has not reported yet counts as running (vLLM takes a new
+request into its batch at the next step unless the batch is full, and then reports it waiting),
+so a burst arriving between two reports spreads instead of piling onto one engine; one that
+finished since the last report no longer counts at all. Only the scheduler says a request
+waits: a guess must not make a target look overloaded and send a session away from its cache.
 """
 
 from __future__ import annotations
@@ -41,11 +43,11 @@ class Load:
     max_num_seqs: int = 0
 
     @classmethod
-    def of(cls, running: int, outstanding: int, kv_cache_usage: float, max_num_seqs: int = 0) -> Load:
-        """An engine's load from its scheduler's `running` and the `outstanding` requests handed
-        to it (see the module docstring): those not running are waiting."""
-        running = min(running, outstanding)
-        return cls(running, outstanding - running, kv_cache_usage, max_num_seqs)
+    def of(cls, outstanding: int, waiting: int, kv_cache_usage: float, max_num_seqs: int = 0) -> Load:
+        """An engine's load from the `outstanding` requests handed to it and its scheduler's
+        `waiting` (see the module docstring): those not waiting are running."""
+        waiting = min(waiting, outstanding)
+        return cls(outstanding - waiting, waiting, kv_cache_usage, max_num_seqs)
 
     def __add__(self, other: Load) -> Load:
         """Two engines' figures as one target's (a replica's): counts add up, KV use averages."""

@@ -51,7 +51,7 @@ def affinity_key(tenant: str, session_id: str) -> str:
 
 def replica_load(reply: inference_pb2.GetLoadResponse) -> Load:
     """A replica's engines as one target: counts add up, KV cache use averages."""
-    loads = [Load.of(e.running, e.outstanding, e.kv_cache_usage, e.max_num_seqs) for e in reply.engines]
+    loads = [Load.of(e.outstanding, e.waiting, e.kv_cache_usage, e.max_num_seqs) for e in reply.engines]
     total = loads[0] if loads else Load()
     for load in loads[1:]:
         total += load

@@ -165,7 +165,7 @@ class LoadFigures:
 
     def placement_load(self) -> placement.Load:
         now = self.now()
-        return placement.Load.of(now.running, now.outstanding, now.kv_cache_usage, now.max_num_seqs)
+        return placement.Load.of(now.outstanding, now.waiting, now.kv_cache_usage, now.max_num_seqs)
 
 
 class Backend(Protocol):
@@ -477,9 +477,8 @@ class EnginePool:
     """The engines of one model; each request goes to the engine that served its affinity key
     last unless that one is overloaded, else to the least loaded (services/common/placement.py).
 
-    The figures are the engines' own, as their stat loggers report them after every step, plus
-    the requests this pool handed them that they have not reported yet; nothing is fetched on
-    the request path."""
+    The figures are the engines' own, as their stat loggers report them after every step, and
+    the requests this pool handed each of them; nothing is fetched on the request path."""
 
     def __init__(
         self,

@@ -1,6 +1,7 @@
 """Placement across inference replicas (services/gateway/placement.py) and across the engines of
 one service (EnginePool.place): two real inference gRPC servers on loopback, each over the
-instant backend, one of them held busy."""
+instant backend paced as an engine that runs one stream at a time (the next one waits, and
+GetLoad says so), one of them held busy."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from services.common.channels import insecure_channel
 from services.common.placement import Overload
 from services.gateway.placement import ReplicaPlacement, affinity_key
 from services.inference.engine import EnginePool, LoadFigures
+from services.inference.instant import Pacing
 from tests.inference_rpc import generate, serve_inference
 from tests.unit.helpers import free_port
 from tests.unit.mesh import MODEL, HeldBackend
@@ -41,7 +43,8 @@ async def _until(condition: Any, timeout_s: float = 5.0) -> None:
 
 
 async def test_a_session_stays_on_its_replica_and_new_turns_avoid_a_busy_one() -> None:
-    backends = {"a": HeldBackend(MODEL), "b": HeldBackend(MODEL)}
+    one_stream = Pacing(tokens_per_s=1000, max_streams=1)
+    backends = {"a": HeldBackend(MODEL, pacing=one_stream), "b": HeldBackend(MODEL, pacing=one_stream)}
     async with serve_inference(backends["a"]) as stub_a, serve_inference(backends["b"]) as stub_b:
         stubs = {"a": stub_a, "b": stub_b}
         placement = ReplicaPlacement(stubs, poll_s=0.05)
@@ -60,19 +63,25 @@ async def test_a_session_stays_on_its_replica_and_new_turns_avoid_a_busy_one() -
                 answer = await generate(stub, _start(session))
                 assert answer.finish_reason == "length"
 
-            # Hold the session's replica busy: a stream waits there after its first token.
+            # Hold the session's replica busy: a stream stops there after its first token.
             backends[name].gate.clear()
-            busy = asyncio.create_task(generate(home, _start("")))
-            await _until(lambda: backends[name].load()[0].outstanding == 1)
+            busy = [asyncio.create_task(generate(home, _start("")))]
+            await _until(lambda: backends[name].load()[0].running == 1)
             await placement.refresh()
-
-            # New sessions go to the idle replica, and so does the session while its home is busy.
+            # New sessions go to the idle replica; the session stays home (busy, not overloaded).
             for index in range(3):
+                await placement.refresh()  # forget the turns picked (and never sent) just before
                 assert placement.pick(affinity_key("tenant", f"new-{index}")) is stubs[other]
+            assert placement.pick(session) is home
+
+            # A second stream waits there for the first: overloaded, the session moves too.
+            busy.append(asyncio.create_task(generate(home, _start(""))))
+            await _until(lambda: backends[name].load()[0].waiting == 1)
+            await placement.refresh()
             assert placement.pick(session) is stubs[other]
 
             backends[name].gate.set()
-            await busy
+            await asyncio.gather(*busy)
         finally:
             await placement.stop()
 

@@ -66,12 +66,12 @@ def test_the_affinity_map_keeps_the_most_recent_keys() -> None:
     assert (affinity.get("k1"), affinity.get("k2"), affinity.get("k3")) == ("a", None, "a")
 
 
-def test_requests_not_yet_in_the_figures_wait_and_finished_ones_are_gone() -> None:
-    assert Load.of(running=2, outstanding=5, kv_cache_usage=0.1) == Load(2, 3, 0.1)
-    assert Load.of(running=2, outstanding=1, kv_cache_usage=0.1) == Load(1, 0, 0.1)
+def test_requests_not_yet_in_the_figures_run_and_finished_ones_are_gone() -> None:
+    assert Load.of(outstanding=5, waiting=1, kv_cache_usage=0.1) == Load(4, 1, 0.1)
+    assert Load.of(outstanding=1, waiting=2, kv_cache_usage=0.1) == Load(0, 1, 0.1)
 
 
-def test_an_engine_that_reported_nothing_for_2_s_is_idle_but_its_unreported_requests_wait() -> None:
+def test_an_engine_that_reported_nothing_for_2_s_runs_only_what_it_was_handed_since() -> None:
     figures = LoadFigures("engine-0", "m", "cpu", running=3, waiting=2, kv_cache_usage=0.5, max_num_seqs=8)
     figures.outstanding = 5
     figures.reported_at = time.monotonic()
@@ -80,7 +80,7 @@ def test_an_engine_that_reported_nothing_for_2_s_is_idle_but_its_unreported_requ
     figures.outstanding = 0
     assert figures.placement_load() == Load(0, 0, 0.0, 8)
     figures.outstanding = 1  # handed to it since, not reported yet
-    assert figures.placement_load() == Load(0, 1, 0.0, 8)
+    assert figures.placement_load() == Load(1, 0, 0.0, 8)
 
 
 def test_the_affinity_key_is_a_hash_of_tenant_and_session() -> None:
