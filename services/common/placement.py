@@ -49,15 +49,6 @@ class Load:
         waiting = min(waiting, outstanding)
         return cls(outstanding - waiting, waiting, kv_cache_usage, max_num_seqs)
 
-    def __add__(self, other: Load) -> Load:
-        """Two engines' figures as one target's (a replica's): counts add up, KV use averages."""
-        return Load(
-            self.running + other.running,
-            self.waiting + other.waiting,
-            (self.kv_cache_usage + other.kv_cache_usage) / 2,
-            self.max_num_seqs + other.max_num_seqs,
-        )
-
     @property
     def order(self) -> tuple[int, int, float]:
         return (self.waiting, self.running, self.kv_cache_usage)

@@ -52,10 +52,14 @@ def affinity_key(tenant: str, session_id: str) -> str:
 def replica_load(reply: inference_pb2.GetLoadResponse) -> Load:
     """A replica's engines as one target: counts add up, KV cache use averages."""
     loads = [Load.of(e.outstanding, e.waiting, e.kv_cache_usage, e.max_num_seqs) for e in reply.engines]
-    total = loads[0] if loads else Load()
-    for load in loads[1:]:
-        total += load
-    return total
+    if not loads:
+        return Load()
+    return Load(
+        sum(load.running for load in loads),
+        sum(load.waiting for load in loads),
+        sum(load.kv_cache_usage for load in loads) / len(loads),
+        sum(load.max_num_seqs for load in loads),
+    )
 
 
 class ReplicaPlacement:

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
+from llmmesh.inference.v1 import inference_pb2
 from services.common.placement import AffinityMap, Load, Overload, choose
-from services.gateway.placement import affinity_key
+from services.gateway.placement import affinity_key, replica_load
 from services.gateway.settings import GatewaySettings
 from services.inference import sizing
 from services.inference.engine import LoadFigures
@@ -81,6 +82,19 @@ def test_an_engine_that_reported_nothing_for_2_s_runs_only_what_it_was_handed_si
     assert figures.placement_load() == Load(0, 0, 0.0, 8)
     figures.outstanding = 1  # handed to it since, not reported yet
     assert figures.placement_load() == Load(1, 0, 0.0, 8)
+
+
+def test_a_replica_is_the_sum_of_its_engines() -> None:
+    reply = inference_pb2.GetLoadResponse(
+        engines=[
+            inference_pb2.EngineLoad(outstanding=3, waiting=1, kv_cache_usage=0.3, max_num_seqs=4),
+            inference_pb2.EngineLoad(outstanding=1, kv_cache_usage=0.1, max_num_seqs=4),
+            inference_pb2.EngineLoad(kv_cache_usage=0.2, max_num_seqs=4),
+        ]
+    )
+    load = replica_load(reply)
+    assert (load.running, load.waiting, load.max_num_seqs) == (3, 1, 12)
+    assert load.kv_cache_usage == pytest.approx(0.2)
 
 
 def test_the_affinity_key_is_a_hash_of_tenant_and_session() -> None:
