@@ -39,6 +39,7 @@ from llmmesh.router.v1 import router_pb2
 from services.common.context import call_metadata
 from services.common.errors import MeshError, from_rpc_error
 from services.gateway.clients import MeshClients
+from services.gateway.placement import affinity_key
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -319,6 +320,8 @@ class ChatPipeline:
             request_id=turn.request_id,
             model=route.backend_model,
             candidates=route.candidates[1:],
+            # The session's turns go back to the replica and engine that cache its prefix.
+            affinity_key=affinity_key(turn.tenant, turn.session_id),
             messages=[] if turn.raw_prompt else assemble_prompt(system_prompt, turn.messages, reference),
             prompt=turn.prompt,
             prompt_ids=turn.prompt_ids,
@@ -334,7 +337,7 @@ class ChatPipeline:
         calls: dict[int, dict[str, Any]] = {}  # choice 0's tool calls, for the history
         finish: dict[int, str] = {}
         dropped = 0
-        call = self._clients.inference.Generate(metadata=call_metadata())
+        call = self._clients.placement.pick(start.affinity_key).Generate(metadata=call_metadata())
         try:
             await call.write(inference_pb2.GenerateRequest(start=start))
             async for reply in call:
