@@ -33,8 +33,11 @@ from services.gateway.limits import Limiter
 from services.gateway.pipeline import ChatPipeline
 from services.gateway.server import HttpServer
 from services.gateway.settings import GatewaySettings
+from services.inference.backends.config import BackendConfig
+from services.inference.backends.cooldown import Cooldowns
+from services.inference.backends.registry import BackendRegistry, external_backend
 from services.inference.embedder import Embedder
-from services.inference.engine import ChatTokenizer, Delta, Event, GenerationJob, PromptLimits
+from services.inference.engine import Backend, ChatTokenizer, Delta, Event, GenerationJob, PromptLimits
 from services.inference.instant import InstantBackend
 from services.inference.servicer import InferenceServicer
 from services.memory.core import MemoryCore, RecallPolicy, dependency_unavailable
@@ -68,6 +71,8 @@ class MeshOptions:
     keys_redis_url: str = ""
     # A router config other than deploy/router.yaml.
     router_config: Path | None = None
+    # External backends next to the local (instant) one, as deploy/backends.yaml lists them.
+    backends: list[BackendConfig] = field(default_factory=list)
     # Gateway settings to change (GatewaySettings field -> value).
     gateway: dict[str, Any] = field(default_factory=dict)
 
@@ -136,7 +141,11 @@ async def in_process_mesh(
     backend = HeldBackend(
         MODEL, tokenizer, options.context_length, PromptLimits(options.completion_reserve, options.recall_max_tokens)
     )
-    inference = InferenceServicer(backend, embedder)
+    served: Backend = backend
+    if options.backends:
+        externals = [external_backend(config, PromptLimits()) for config in options.backends]
+        served = BackendRegistry(backend, "instant", externals, Cooldowns(3, 30.0))
+    inference = InferenceServicer(served, embedder)
     store = SessionStore.from_url(redis_url, 600, options.max_stored_turns)
     vectors = open_vector_store(options.qdrant_url, data_dir / "qdrant")
     embed_channel = insecure_channel(targets["inference"])
