@@ -230,7 +230,12 @@ def test_n_seed_stop_max_completion_tokens_and_penalties(client: openai.OpenAI) 
     assert short.usage.completion_tokens == 3
     assert short.choices[0].finish_reason == "length"
 
-    repeat: Any = [{"role": "user", "content": "Say the word cat twenty times."}]
+    # The client's own system message (the model's default one) instead of the default agent's
+    # persona, with which this small model answers in one short line that no penalty changes.
+    repeat: Any = [
+        {"role": "system", "content": "You are a helpful AI assistant named SmolLM, trained by Hugging Face"},
+        {"role": "user", "content": "Say the word cat twenty times."},
+    ]
     plain = client.chat.completions.create(model=MODEL, messages=repeat, temperature=0, max_tokens=24)
     penalised = client.chat.completions.create(
         model=MODEL, messages=repeat, temperature=0, max_tokens=24, frequency_penalty=2.0, presence_penalty=2.0

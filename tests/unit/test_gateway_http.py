@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -18,14 +19,19 @@ from services.gateway.settings import GatewaySettings
 
 
 @pytest.fixture(scope="module")
-def client() -> TestClient:
+def client() -> Iterator[TestClient]:
     # No upstream is reached by these routes, so no pipeline is needed.
     # Channels and Redis connect lazily: nothing is dialled unless a route calls an upstream.
+    # gRPC's channels want an event loop at hand: one of their own, whatever earlier tests left.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     settings = GatewaySettings(require_api_key=False)
     shared = connect(settings.redis_url)
     auth = Authenticator(settings, KeyStore(shared))
     limiter = Limiter(settings, shared)
-    return TestClient(create_app(settings, cast(ChatPipeline, None), MeshClients.connect(settings), auth, limiter))
+    yield TestClient(create_app(settings, cast(ChatPipeline, None), MeshClients.connect(settings), auth, limiter))
+    asyncio.set_event_loop(None)
+    loop.close()
 
 
 def test_incoming_request_id_is_echoed(client: TestClient) -> None:
