@@ -132,18 +132,6 @@ class Done:
 Event = Accepted | Delta | ChoiceDone | Done
 
 
-def _merge_sampling(
-    request: common_pb2.SamplingParams, defaults: common_pb2.SamplingParams
-) -> common_pb2.SamplingParams:
-    """The client's values win; the agent's defaults fill what the client left unset."""
-    merged = common_pb2.SamplingParams()
-    merged.CopyFrom(defaults)
-    if request.stop:
-        del merged.stop[:]  # MergeFrom would append the client's stops to the agent's
-    merged.MergeFrom(request)
-    return merged
-
-
 def _is_system(message: common_pb2.ChatMessage) -> bool:
     return message.role in ("system", "developer")
 
@@ -325,7 +313,10 @@ class ChatPipeline:
             messages=[] if turn.raw_prompt else assemble_prompt(system_prompt, turn.messages, reference),
             prompt=turn.prompt,
             prompt_ids=turn.prompt_ids,
-            sampling=_merge_sampling(turn.sampling, route.agent.sampling_defaults),
+            # Apart, not merged: a backend may leave out an agent's default it cannot honour,
+            # never a value the client asked for.
+            sampling=turn.sampling,
+            sampling_defaults=route.agent.sampling_defaults,
             tools_json=turn.tools_json,
             tool_choice=turn.tool_choice,
             tool_name=turn.tool_name,

@@ -89,6 +89,15 @@ class GenerationJob:
     candidates: list[str] = field(default_factory=list)
     # The conversation this continues, hashed (inference.proto); "" for none.
     affinity_key: str = ""
+    # Sampling fields set by the agent's defaults alone: a backend that cannot honour one
+    # leaves it out instead of refusing the request.
+    defaulted: frozenset[str] = frozenset()
+
+    def asked(self, name: str) -> bool:
+        """The sampling field `name` is set, and by the client (not by an agent's default)."""
+        value = getattr(self.sampling, name)
+        unset = value is None or value is False or value == {} or value == []  # 0 is a value
+        return not unset and name not in self.defaulted
 
     @property
     def raw_prompt(self) -> bool:

@@ -22,7 +22,7 @@ import grpc
 from llmmesh.common.v1 import chat_pb2 as common_pb2
 from llmmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.common.errors import InvalidArgumentError, MeshError
-from services.common.messages import to_openai
+from services.common.messages import defaulted_fields, merge_sampling, to_openai
 from services.inference.backends.cooldown import Cooldowns
 from services.inference.backends.registry import BackendRegistry, local_kind
 from services.inference.embedder import Embedder
@@ -77,7 +77,8 @@ def to_job(start: inference_pb2.StartGeneration) -> GenerationJob:
         request_id=start.request_id or "anonymous",
         model=start.model,
         messages=[to_openai(m) for m in start.messages],
-        sampling=to_sampling(start.sampling),
+        sampling=to_sampling(merge_sampling(start.sampling, start.sampling_defaults)),
+        defaulted=defaulted_fields(start.sampling, start.sampling_defaults),
         tools=json.loads(start.tools_json) if start.tools_json else None,
         history=[[to_openai(m) for m in turn.messages] for turn in start.history],
         memories=list(start.memories),

@@ -85,8 +85,10 @@ class HeldBackend(InstantBackend):
         super().__init__(*args, **kwargs)
         self.gate = asyncio.Event()
         self.gate.set()
+        self.last_job: GenerationJob | None = None  # what the pipeline asked for last
 
     async def generate(self, job: GenerationJob) -> AsyncIterator[Event]:
+        self.last_job = job
         async for event in super().generate(job):
             yield event
             if isinstance(event, Delta):

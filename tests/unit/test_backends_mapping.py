@@ -110,6 +110,20 @@ def test_anthropic_refuses_what_the_messages_api_cannot_do(change: dict[str, Any
     assert "claude" in raised.value.message
 
 
+def test_an_agents_defaults_are_left_out_where_a_clients_values_are_refused() -> None:
+    """The agent's temperature (say 0.2 for a code reviewer) must not keep a turn off an
+    anthropic fallback; the same value from the client is refused, never silently dropped."""
+    from_agent = job(temperature=0.2, top_k=40)
+    from_agent.defaulted = frozenset({"temperature", "top_k"})
+
+    anthropic.check(from_agent, CLAUDE)  # no error
+    body = anthropic.request_body(from_agent, "m", "", [{"role": "user", "content": "x"}], 99)
+    assert "temperature" not in body
+    with pytest.raises(InvalidArgumentError) as raised:
+        anthropic.check(job(temperature=0.2), CLAUDE)
+    assert raised.value.param == "temperature"
+
+
 def test_anthropic_refuses_tools() -> None:
     request = job()
     request.tools = [{"type": "function", "function": {"name": "f"}}]

@@ -1,10 +1,11 @@
-"""The pure parts of the chat pipeline: prompt assembly and sampling merge."""
+"""The pure parts of the chat pipeline: prompt assembly, and the sampling merge it leaves to inference."""
 
 from __future__ import annotations
 
 from llmmesh.common.v1 import chat_pb2
 from llmmesh.memory.v1 import memory_pb2
-from services.gateway.pipeline import _merge_sampling, assemble_prompt, reference_block, window_after_trim
+from services.common.messages import defaulted_fields, merge_sampling
+from services.gateway.pipeline import assemble_prompt, reference_block, window_after_trim
 
 
 def msg(role: str, content: str) -> chat_pb2.ChatMessage:
@@ -87,22 +88,30 @@ def test_window_starts_after_the_history_when_all_was_dropped() -> None:
     assert window_after_trim([turn(3), turn(4)], 2) == 5
 
 
-# ---------------------------------------------------------------- _merge_sampling
+# ---------------------------------------------------------------- merge_sampling
 
 
 def test_client_values_win_and_agent_defaults_fill_the_rest() -> None:
     client = chat_pb2.SamplingParams(temperature=0.5, n=2)
     agent = chat_pb2.SamplingParams(temperature=0.25, top_p=0.75, max_tokens=100, seed=7, presence_penalty=1.0)
 
-    merged = _merge_sampling(client, agent)
+    merged = merge_sampling(client, agent)
 
     assert merged == chat_pb2.SamplingParams(
         temperature=0.5, top_p=0.75, max_tokens=100, seed=7, presence_penalty=1.0, n=2
     )
 
 
+def test_defaulted_fields_are_those_only_the_agent_set() -> None:
+    client = chat_pb2.SamplingParams(temperature=0.0, stop=["x"])
+    agent = chat_pb2.SamplingParams(temperature=0.25, top_p=0.75, stop=["y"], top_k=40)
+
+    assert defaulted_fields(client, agent) == {"top_p", "top_k"}
+    assert defaulted_fields(agent, chat_pb2.SamplingParams()) == frozenset()
+
+
 def test_client_explicit_zero_beats_agent_default() -> None:
-    merged = _merge_sampling(
+    merged = merge_sampling(
         chat_pb2.SamplingParams(temperature=0.0, frequency_penalty=0.0),
         chat_pb2.SamplingParams(temperature=0.75, frequency_penalty=1.5),
     )
@@ -113,14 +122,14 @@ def test_client_explicit_zero_beats_agent_default() -> None:
 
 
 def test_unset_client_fields_stay_unset_without_defaults() -> None:
-    merged = _merge_sampling(chat_pb2.SamplingParams(n=1), chat_pb2.SamplingParams())
+    merged = merge_sampling(chat_pb2.SamplingParams(n=1), chat_pb2.SamplingParams())
 
     assert merged == chat_pb2.SamplingParams(n=1)
     assert not merged.HasField("temperature")
 
 
 def test_client_stop_replaces_agent_stop() -> None:
-    merged = _merge_sampling(
+    merged = merge_sampling(
         chat_pb2.SamplingParams(stop=["client"]), chat_pb2.SamplingParams(stop=["agent-1", "agent-2"])
     )
 
@@ -128,7 +137,7 @@ def test_client_stop_replaces_agent_stop() -> None:
 
 
 def test_agent_stop_used_when_client_sends_none() -> None:
-    merged = _merge_sampling(chat_pb2.SamplingParams(n=1), chat_pb2.SamplingParams(stop=["agent"]))
+    merged = merge_sampling(chat_pb2.SamplingParams(n=1), chat_pb2.SamplingParams(stop=["agent"]))
 
     assert list(merged.stop) == ["agent"]
 
@@ -140,14 +149,14 @@ def test_merge_does_not_mutate_its_inputs() -> None:
     client_before.CopyFrom(client)
     agent_before.CopyFrom(agent)
 
-    _merge_sampling(client, agent)
+    merge_sampling(client, agent)
 
     assert client == client_before
     assert agent == agent_before
 
 
 def test_structured_output_from_client_is_kept() -> None:
-    merged = _merge_sampling(
+    merged = merge_sampling(
         chat_pb2.SamplingParams(json_schema='{"type": "object"}'), chat_pb2.SamplingParams(json_object=True)
     )
 

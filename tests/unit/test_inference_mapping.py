@@ -129,6 +129,23 @@ def test_to_job_maps_everything() -> None:
     )
 
 
+def test_to_job_fills_the_agents_defaults_and_remembers_which() -> None:
+    start = inference_pb2.StartGeneration(
+        model="m",
+        messages=[chat_pb2.ChatMessage(role="user", content="u")],
+        sampling=chat_pb2.SamplingParams(max_tokens=8),
+        sampling_defaults=chat_pb2.SamplingParams(temperature=0.2, max_tokens=100),
+    )
+
+    job = to_job(start)
+
+    assert job.sampling.temperature == pytest.approx(0.2)
+    assert job.sampling.max_tokens == 8
+    assert job.defaulted == {"temperature"}
+    assert not job.asked("temperature")
+    assert job.asked("max_tokens")
+
+
 def test_to_job_without_request_id_or_tools() -> None:
     job = to_job(inference_pb2.StartGeneration(model="m", messages=[chat_pb2.ChatMessage(role="user", content="u")]))
 

@@ -153,3 +153,18 @@ async def test_a_stateless_agent_neither_reads_nor_stores_the_session(
     assert second.headers["x-session-id"] == sid  # still echoed
     assert not _mentions(prompt, "Biscuit")
     assert stored is None  # nothing was written
+
+
+async def test_an_agents_sampling_defaults_fill_what_the_client_left_unset(mesh: Mesh) -> None:
+    """code-reviewer's temperature is 0.2 (deploy/router.yaml); the client's own value wins."""
+    await mesh.chat(CODE, model="llmmesh-code-reviewer")
+    defaulted = mesh.backend.last_job
+    await mesh.chat(CODE, model="llmmesh-code-reviewer", temperature=0.9)
+    asked = mesh.backend.last_job
+
+    assert defaulted is not None
+    assert asked is not None
+    assert defaulted.sampling.temperature == pytest.approx(0.2)
+    assert "temperature" in defaulted.defaulted  # an external backend may leave it out
+    assert asked.sampling.temperature == pytest.approx(0.9)
+    assert "temperature" not in asked.defaulted

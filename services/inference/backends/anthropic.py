@@ -70,7 +70,7 @@ def check(job: GenerationJob, config: BackendConfig) -> None:
     if sampling.n != 1:
         raise refuse("n", config, ": one choice per request")
     for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "logprobs"):
-        if getattr(sampling, name) is not None:
+        if job.asked(name):  # an agent's default is left out; a client's value is refused
             raise refuse(name, config)
     if sampling.json_schema is not None or sampling.json_object:
         raise refuse("response_format", config)

@@ -96,17 +96,15 @@ def refuse(param: str, backend: BackendConfig, what: str = "") -> InvalidArgumen
 
 
 def check_common(job: GenerationJob, backend: BackendConfig) -> None:
-    """What no external backend can honour: llmmesh's local-tokenizer parameters."""
-    sampling = job.sampling
+    """What no external backend can honour: llmmesh's local-tokenizer parameters (refused when
+    the client asked for them, left out when they are an agent's defaults)."""
     if job.raw_prompt:
         raise refuse("prompt", backend, ": the completions API is served by local models only")
-    if sampling.logit_bias:
+    if job.asked("logit_bias"):
         raise refuse("logit_bias", backend, ": token ids are the local tokenizer's")
-    for name in ("top_k", "min_p", "repetition_penalty"):
-        if getattr(sampling, name) is not None:
+    for name in ("top_k", "min_p", "repetition_penalty", "ignore_eos"):
+        if job.asked(name):
             raise refuse(name, backend)
-    if sampling.ignore_eos:
-        raise refuse("ignore_eos", backend)
 
 
 class ExternalBackend:
