@@ -24,9 +24,12 @@ from bench.procs import MODEL, CpuMeter, llmmesh_stack
 RATE = 100.0  # tokens/s per stream, an H100-class engine's decode speed for one sequence
 TTFT_MS = 20.0
 TOKENS = 200  # per reply: 2 s of streaming at RATE
-LEVELS = (16, 64, 128, 256)
+LEVELS = (4, 8, 16, 64, 128, 256)
 QUICK_LEVELS = (16, 64)
 SUSTAIN_DELIVERED = 0.99
+# What the paced engine alone delivers per stream: each reply takes its TTFT, then TOKENS at RATE
+# (a client starts its next stream when the last one ends), so 99% of it is reachable.
+OFFERED_PER_STREAM = TOKENS / (TTFT_MS / 1000 + TOKENS / RATE)
 SUSTAIN_ITL_P99_MS = 50.0
 
 
@@ -104,7 +107,7 @@ def run(ctx: Context) -> Report:
         for streams in levels:
             with meter.measure() as spent:
                 level = asyncio.run(_run_level(url, stack.api_key, streams, seconds))
-            offered = streams * RATE
+            offered = streams * OFFERED_PER_STREAM
             delivered = level.tokens / level.seconds
             itl_p99 = percentile(level.lateness_ms, 0.99)
             sustained = delivered >= SUSTAIN_DELIVERED * offered and itl_p99 <= SUSTAIN_ITL_P99_MS
@@ -139,7 +142,7 @@ def run(ctx: Context) -> Report:
             Target(
                 "highest offered tok/s sustained (>= 99% delivered, added ITL p99 <= 50 ms)",
                 ceiling,
-                "informational (25,600 = 256 streams)",
+                f"informational (256 streams offer {256 * OFFERED_PER_STREAM:,.0f})",
                 True,
             ),
             Target(
