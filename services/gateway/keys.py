@@ -18,6 +18,8 @@ from typing import Any
 
 import redis.asyncio as redis
 
+from services.common.redis_client import redis_client
+
 KEY_PREFIX = "llm-"
 _RECORD = "llmmesh:apikey:"
 _INDEX = "llmmesh:apikeys"
@@ -118,7 +120,7 @@ def _info(raw: Any) -> KeyInfo:
 
 def connect(url: str, timeout_s: float = 2.0) -> redis.Redis:
     """A client of the Redis-protocol server the gateway keeps its keys, limits and usage in."""
-    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    return redis_client(url, timeout_s)
 
 
 class KeyStore:

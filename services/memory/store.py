@@ -33,6 +33,8 @@ from urllib.parse import quote
 
 import redis.asyncio as redis
 
+from services.common.redis_client import redis_client
+
 INDEX_STREAM = "llmmesh:index"
 INDEX_GROUP = "indexer"
 
@@ -212,9 +214,7 @@ class SessionStore:
 
     @classmethod
     def from_url(cls, url: str, ttl_s: int, max_turns: int, timeout_s: float = 2.0) -> SessionStore:
-        client = redis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
+        client = redis_client(url, timeout_s)
         return cls(client, ttl_s, max_turns)
 
     async def ping(self) -> bool:
