@@ -91,6 +91,11 @@ class ChatTurn:
         return bool(self.prompt or self.prompt_ids)
 
     @property
+    def latest_user_text(self) -> str:
+        """The newest user message: what recall and retrieval search for ("" for none)."""
+        return next((m.content for m in reversed(self.messages) if m.role == "user"), "")
+
+    @property
     def stateful(self) -> bool:
         """The turn reads and writes its session (until the agent's policy says otherwise)."""
         return bool(self.session_id) and self.uses_memory and not self.raw_prompt
@@ -242,7 +247,7 @@ class ChatPipeline:
         previous = self._last_append.get((turn.tenant, turn.session_id))
         if previous is not None and not previous.done():
             await asyncio.wait({previous}, timeout=self._settings.upstream_timeout_s)
-        query = next((m.content for m in reversed(turn.messages) if m.role == "user"), "")
+        query = turn.latest_user_text
         reply: memory_pb2.GetContextResponse = await self._clients.memory.GetContext(
             memory_pb2.GetContextRequest(tenant=turn.tenant, session_id=turn.session_id, user=turn.user, query=query),
             timeout=self._settings.upstream_timeout_s,
@@ -253,7 +258,7 @@ class ChatPipeline:
     async def _knowledge(self, turn: ChatTurn, retrieval: router_pb2.Retrieval) -> str:
         """The agent's passages for the new message; "" when retrieval is off, the collection
         does not exist (yet) or memory cannot answer: the turn is answered without them."""
-        query = next((m.content for m in reversed(turn.messages) if m.role == "user"), "")
+        query = turn.latest_user_text
         if not retrieval.enabled or not retrieval.collection or not query.strip() or turn.raw_prompt:
             return ""
         request = memory_pb2.SearchKnowledgeRequest(
