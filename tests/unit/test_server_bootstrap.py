@@ -1,12 +1,13 @@
-"""The shared server bootstrap refuses a taken port with a clear message."""
+"""The shared server bootstrap: a taken port is a clear error; the startup heap is frozen."""
 
 from __future__ import annotations
 
+import gc
 import socket
 
 import pytest
 
-from services.common.server import ServiceSpec, build_server
+from services.common.server import ServiceSpec, build_server, freeze_startup_heap
 from services.common.settings import ServiceSettings
 
 
@@ -20,3 +21,17 @@ async def test_a_taken_port_is_a_clear_error() -> None:
 
         with pytest.raises(RuntimeError, match=rf"demo: cannot listen on 127\.0\.0\.1:{port}"):
             build_server(spec, settings)
+
+
+def test_what_startup_left_is_out_of_the_collectors_reach() -> None:
+    """A full collection after startup walks only what serving allocates (server.py)."""
+    loaded = [{"model": i} for i in range(1000)]  # stands in for modules and models
+    gc.unfreeze()
+    try:
+        before = gc.get_freeze_count()
+        frozen = freeze_startup_heap()
+        assert frozen >= before + len(loaded)
+        assert gc.get_freeze_count() == frozen
+        assert not any(obj is loaded for obj in gc.get_objects())  # no generation holds it
+    finally:
+        gc.unfreeze()
