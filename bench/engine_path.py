@@ -91,8 +91,10 @@ def _through_mesh(stack: Any, backend: str, model_path: str, prompts: int, concu
 
 
 class _Probe:
-    """GET /v1/models through Envoy every PROBE_EVERY_S in a thread (gateway -> router and back):
-    how responsive the mesh stays while the engine computes on every core."""
+    """GET /v1/models every PROBE_EVERY_S in a thread: through Envoy, how responsive the mesh
+    stays (gateway -> router and back) while the engine computes on every core. vLLM's tuned
+    server is probed the same way during its own run, so the throughput ratio compares two
+    servers under the same load (the probes cost CPU the engine would otherwise have)."""
 
     def __init__(self, base_url: str, api_key: str) -> None:
         self._url = f"{base_url}/models"
@@ -144,7 +146,8 @@ def run(ctx: Context) -> Report:
             "vllm-defaults", _serve_benchmark(base, "openai-chat", model_path, prompts, CONCURRENCY)
         )
     with vllm_server(folder, port, ctx.out_dir, plan.env(), "vllm-tuned") as base:
-        rows["tuned"] = _row("vllm-tuned", _serve_benchmark(base, "openai-chat", model_path, prompts, CONCURRENCY))
+        with _Probe(f"{base}/v1", "unused") as direct:
+            rows["tuned"] = _row("vllm-tuned", _serve_benchmark(base, "openai-chat", model_path, prompts, CONCURRENCY))
         for concurrency, count in light:
             result = _serve_benchmark(base, "openai-chat", model_path, count, concurrency)
             rows[f"tuned-{concurrency}"] = _row(f"vllm-tuned @{concurrency}", result)
@@ -157,7 +160,11 @@ def run(ctx: Context) -> Report:
         for concurrency, count in light:
             result = _through_mesh(stack, backend, model_path, count, concurrency)
             rows[f"mesh-{concurrency}"] = _row(f"llmmesh @{concurrency}", result)
-    probes = [idle.row("gateway probe, engine idle"), loaded.row(f"gateway probe, engine @{CONCURRENCY}")]
+    probes = [
+        idle.row("gateway probe, engine idle"),
+        loaded.row(f"gateway probe, engine @{CONCURRENCY}"),
+        direct.row(f"vLLM server probe, engine @{CONCURRENCY}"),
+    ]
     tok_s = {key: row.metrics["output_tok_s"] for key, row in rows.items()}
     vs_defaults = tok_s["mesh"] / tok_s["defaults"]
     vs_tuned = tok_s["mesh"] / tok_s["tuned"]

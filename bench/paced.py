@@ -5,6 +5,11 @@ mesh adds to the engine's own (TTFT, and every token's lateness against its pace
 the CPU each process spent per 1,000 tokens; the highest level the mesh sustains (>= 99% of the
 offered tokens delivered, added inter-token latency p99 <= 50 ms) is the ceiling.
 
+Each client starts its next stream when the last one ends; the clients' first streams are
+spread evenly over one stream's length, as independent users arrive (started all at once, every
+client would begin and end its streams in lockstep with the others, a burst no real load has).
+What a level delivers is the sum of each client's own rate over its own running time.
+
 The load generator (aiohttp, one process) shares the machine's cores with the whole mesh: its
 row in the CPU table says how much of the machine it took.
 """
@@ -24,7 +29,7 @@ from bench.procs import MODEL, CpuMeter, llmmesh_stack
 RATE = 100.0  # tokens/s per stream, an H100-class engine's decode speed for one sequence
 TTFT_MS = 20.0
 TOKENS = 200  # per reply: 2 s of streaming at RATE
-LEVELS = (4, 8, 16, 64, 128, 256)
+LEVELS = (4, 8, 16, 32, 64, 128, 256)
 QUICK_LEVELS = (16, 64)
 SUSTAIN_DELIVERED = 0.99
 # What the paced engine alone delivers per stream: each reply takes its TTFT, then TOKENS at RATE
@@ -38,11 +43,17 @@ class _Level:
     streams: int
     seconds: float
     tokens: int = 0
+    # Each client's tokens per second over its own running time.
+    client_rates: list[float] = field(default_factory=list)
     ttft_ms: list[float] = field(default_factory=list)
     lateness_ms: list[float] = field(default_factory=list)
 
+    @property
+    def delivered(self) -> float:
+        return sum(self.client_rates)
 
-async def _stream(session: aiohttp.ClientSession, url: str, level: _Level) -> None:
+
+async def _stream(session: aiohttp.ClientSession, url: str, level: _Level) -> int:
     body = {
         "model": MODEL,
         "max_tokens": TOKENS,
@@ -68,23 +79,30 @@ async def _stream(session: aiohttp.ClientSession, url: str, level: _Level) -> No
             level.lateness_ms.append(max(0.0, (now - due) * 1000))
             received += count
     level.tokens += received
+    return received
 
 
 async def _run_level(url: str, api_key: str, streams: int, seconds: float) -> _Level:
-    """`streams` clients, each starting a new stream as soon as its last one ends, for `seconds`."""
+    """`streams` clients, their first streams spread over one stream's length, each starting
+    a new stream as soon as its last one ends, for `seconds` from its own start."""
     level = _Level(streams, seconds)
-    deadline = time.perf_counter() + seconds
     connector = aiohttp.TCPConnector(limit=0)
     headers = {"Authorization": f"Bearer {api_key}"}
     timeout = aiohttp.ClientTimeout(total=600)
+    spacing = (TTFT_MS / 1000 + TOKENS / RATE) / streams
     async with aiohttp.ClientSession(connector=connector, headers=headers, timeout=timeout) as session:
 
-        async def client() -> None:
+        async def client(position: int) -> None:
+            await asyncio.sleep(position * spacing)
+            started = time.perf_counter()
+            deadline = started + seconds
+            tokens = 0
             while time.perf_counter() < deadline:
-                await _stream(session, url, level)
+                tokens += await _stream(session, url, level)
+            level.client_rates.append(tokens / (time.perf_counter() - started))
 
         started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(streams)))
+        await asyncio.gather(*(client(i) for i in range(streams)))
         level.seconds = time.perf_counter() - started
     return level
 
@@ -108,7 +126,7 @@ def run(ctx: Context) -> Report:
             with meter.measure() as spent:
                 level = asyncio.run(_run_level(url, stack.api_key, streams, seconds))
             offered = streams * OFFERED_PER_STREAM
-            delivered = level.tokens / level.seconds
+            delivered = level.delivered
             itl_p99 = percentile(level.lateness_ms, 0.99)
             sustained = delivered >= SUSTAIN_DELIVERED * offered and itl_p99 <= SUSTAIN_ITL_P99_MS
             if sustained:
