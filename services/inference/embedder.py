@@ -41,6 +41,8 @@ EMBEDDING_MODEL_NAME = "all-minilm-l6-v2"
 # How much lower the background lane's thread runs where the idle scheduling class is not
 # available (below the CPU engine's default of 5).
 BACKGROUND_NICE = 10
+# How often a deferred background batch looks again whether serving is still busy.
+BUSY_POLL_S = 0.05
 # Texts per forward pass, taken in order of length: each pass pads to its longest text, so a
 # short query does not pay for a long turn's padding.
 BATCH_SIZE = 16
@@ -83,6 +85,13 @@ class Embedder:
     one, so indexing never slows a generation and never holds a query up behind a batch of long
     turns. Measured on 2 cores, one request at a time with a session: at nice +10 the indexing
     of the previous turn still took enough of the engine's cores to add ~45 ms to TTFT.
+
+    Even in the idle class, a batch computed while an engine generates lands in the gaps of
+    the engine's own steps (a CPU engine's OpenMP threads leave a core for moments between
+    them) and costs its next step the caches. So the background lane also waits while
+    ``defer_background`` says serving is busy, up to ``max_s`` per batch: an index that is a
+    few seconds behind costs nobody anything (a session's recent turns are in its window), a
+    slower token costs every stream.
     """
 
     def __init__(self, model: SentenceTransformer, name: str) -> None:
@@ -207,6 +216,11 @@ class Embedder:
         pairs = await self._lanes[background].embed(texts)
         return [vector for vector, _ in pairs], sum(tokens for _, tokens in pairs)
 
+    def defer_background(self, busy: Callable[[], bool], max_s: float) -> None:
+        """The background lane waits while ``busy()`` (checked every BUSY_POLL_S), at most
+        ``max_s`` per batch (see the class)."""
+        self._lanes[True].defer(busy, max_s)
+
     def close(self) -> None:
         for lane in self._lanes.values():
             lane.close()
@@ -226,6 +240,20 @@ class _Lane:
         self._waiting: dict[str, asyncio.Future[Result]] = {}
         self._computing: dict[str, asyncio.Future[Result]] = {}
         self._worker: asyncio.Task[None] | None = None
+        self._busy: Callable[[], bool] | None = None
+        self._max_defer_s = 0.0
+
+    def defer(self, busy: Callable[[], bool], max_s: float) -> None:
+        self._busy, self._max_defer_s = busy, max_s
+
+    async def _wait_until_quiet(self) -> None:
+        busy = self._busy
+        if busy is None:
+            return
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self._max_defer_s
+        while busy() and loop.time() < until:  # noqa: ASYNC110 - load figures signal nothing: polled
+            await asyncio.sleep(BUSY_POLL_S)
 
     def _start(self) -> None:
         """Runs in the lane's thread: a background lane steps aside for everything else (Linux
@@ -257,6 +285,7 @@ class _Lane:
     async def _run_batches(self) -> None:
         loop = asyncio.get_running_loop()
         while self._waiting:
+            await self._wait_until_quiet()
             self._computing = self._waiting
             self._waiting = {}
             texts = list(self._computing)

@@ -67,7 +67,10 @@ async def main() -> None:
             holder["pool"].shutdown()
 
     def register(server: object) -> None:
-        servicer = InferenceServicer(holder["pool"], embedders[0] if embedders else None)
+        pool = holder["pool"]
+        if embedders and settings.background_embed_max_defer_s > 0:
+            embedders[0].defer_background(pool.generating, settings.background_embed_max_defer_s)
+        servicer = InferenceServicer(pool, embedders[0] if embedders else None)
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
 
     spec = ServiceSpec(

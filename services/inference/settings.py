@@ -58,6 +58,9 @@ class InferenceSettings(ServiceSettings):
     recall_max_tokens: int = Field(default=256, ge=0)
     # The embedding model (all-MiniLM-L6-v2, packaged); off: no Embed RPC (and no recall).
     embeddings: bool = True
+    # Background embeddings (the memory indexer's) wait while a local engine generates, at
+    # most this long per batch (see embedder.py); 0: they never wait.
+    background_embed_max_defer_s: float = Field(default=30.0, ge=0)
     seed: int = 0
     # vLLM's tool parser for tool_choice "auto" (the model's own format; "hermes" reads the
     # <tool_call> blocks llmmesh renders for templates without tool support).

@@ -278,3 +278,17 @@ async def test_a_dead_local_engine_falls_back_to_an_external_backend(faulty: Fau
     assert isinstance(events[0], Started)
     assert (events[0].backend_model, events[0].tried) == ("faulty/m", [LOCAL])
     assert "".join(e.text for e in events if isinstance(e, Delta)) == "Hello world"
+
+
+async def test_the_registry_says_while_a_local_engine_generates() -> None:
+    """What background embeddings step aside for (embedder.py): a request in flight on the
+    local engine, and nothing once it is done."""
+    reg = registry()
+    assert not reg.generating()
+    stream = reg.generate(job(LOCAL, max_tokens=3))
+    await anext(stream)
+    during = reg.generating()
+    async for _ in stream:
+        pass
+    assert during
+    assert not reg.generating()

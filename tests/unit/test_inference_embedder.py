@@ -196,3 +196,29 @@ async def test_a_query_does_not_wait_behind_a_background_batch(
     assert still_running
     assert policy["turn to index"] == os.SCHED_IDLE  # runs only on cores nothing else wants
     assert policy["a query"] == os.SCHED_OTHER
+
+
+async def test_background_batches_wait_while_serving_is_busy_and_no_longer_than_allowed() -> None:
+    """The indexer's turns wait while an engine generates (up to the limit per batch); a query
+    never waits for it. Its own embedder: the deferral is set on the instance."""
+    embedder = Embedder.load()
+    try:
+        busy = True
+        embedder.defer_background(lambda: busy, max_s=30)
+        background = asyncio.ensure_future(embedder.aembed(["turn to index"], background=True))
+        vectors, _ = await asyncio.wait_for(embedder.aembed(["a query"]), 5)
+        await asyncio.sleep(0.3)
+        waited = not background.done()
+        busy = False
+        await asyncio.wait_for(background, 5)
+
+        embedder.defer_background(lambda: True, max_s=0.2)  # busy for good: the limit ends the wait
+        started = time.monotonic()
+        await asyncio.wait_for(embedder.aembed(["another turn"], background=True), 5)
+        bounded = time.monotonic() - started
+    finally:
+        embedder.close()
+
+    assert len(vectors) == 1
+    assert waited
+    assert 0.2 <= bounded < 3

@@ -161,6 +161,10 @@ class BackendRegistry:
     def load(self) -> list[LoadFigures]:
         return self.local.load()
 
+    def generating(self) -> bool:
+        """A request is in flight on a local engine (what background work steps aside for)."""
+        return any(figures.outstanding for figures in self.local.load())
+
     def shutdown(self) -> None:
         self.local.shutdown()
 
