@@ -35,8 +35,9 @@ class MemorySettings(ServiceSettings):
     # The inference service, which holds the one embedding model of the mesh.
     inference_target: str = "127.0.0.1:8102"
     embed_timeout_s: float = Field(default=5.0, gt=0)
-    # The indexer's embeddings run below serving (see inference.proto EmbedRequest.background).
-    index_embed_timeout_s: float = Field(default=60.0, gt=0)
+    # The indexer's embeddings run below serving (see inference.proto EmbedRequest.background)
+    # and wait while an engine generates (up to 30 s per batch by inference's default).
+    index_embed_timeout_s: float = Field(default=120.0, gt=0)
     # Recall: at most this many memories, each at least this similar to the new message,
     # none a near-duplicate (cosine above dedup_similarity) of a better one.
     recall_top_k: int = Field(default=5, ge=0, le=50)
