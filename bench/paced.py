@@ -32,9 +32,11 @@ TOKENS = 200  # per reply: 2 s of streaming at RATE
 LEVELS = (4, 8, 16, 32, 64, 128, 256)
 QUICK_LEVELS = (16, 64)
 SUSTAIN_DELIVERED = 0.99
-# What the paced engine alone delivers per stream: each reply takes its TTFT, then TOKENS at RATE
-# (a client starts its next stream when the last one ends), so 99% of it is reachable.
-OFFERED_PER_STREAM = TOKENS / (TTFT_MS / 1000 + TOKENS / RATE)
+# One stream from the paced engine alone: its TTFT, then TOKENS at RATE.
+STREAM_S = TTFT_MS / 1000 + TOKENS / RATE
+# What it delivers per stream (a client starts its next stream when the last one ends), so 99%
+# of it is reachable.
+OFFERED_PER_STREAM = TOKENS / STREAM_S
 SUSTAIN_ITL_P99_MS = 50.0
 
 
@@ -89,7 +91,7 @@ async def _run_level(url: str, api_key: str, streams: int, seconds: float) -> _L
     connector = aiohttp.TCPConnector(limit=0)
     headers = {"Authorization": f"Bearer {api_key}"}
     timeout = aiohttp.ClientTimeout(total=600)
-    spacing = (TTFT_MS / 1000 + TOKENS / RATE) / streams
+    spacing = STREAM_S / streams
     async with aiohttp.ClientSession(connector=connector, headers=headers, timeout=timeout) as session:
 
         async def client(position: int) -> None:
