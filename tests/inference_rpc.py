@@ -17,9 +17,11 @@ from tests.unit.helpers import free_port
 
 
 @contextlib.asynccontextmanager
-async def serve_inference(backend: Backend) -> AsyncIterator[inference_pb2_grpc.InferenceServiceStub]:
+async def serve_inference(
+    backend: Backend, stream_interval_s: float = 0.0
+) -> AsyncIterator[inference_pb2_grpc.InferenceServiceStub]:
     port = free_port()
-    servicer = InferenceServicer(backend)
+    servicer = InferenceServicer(backend, stream_interval_s=stream_interval_s)
     spec = ServiceSpec(
         "inference",
         ["llmmesh.inference.v1.InferenceService"],

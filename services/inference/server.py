@@ -70,7 +70,7 @@ async def main() -> None:
         pool = holder["pool"]
         if embedders and settings.background_embed_max_defer_s > 0:
             embedders[0].defer_background(pool.generating, settings.background_embed_max_defer_s)
-        servicer = InferenceServicer(pool, embedders[0] if embedders else None)
+        servicer = InferenceServicer(pool, embedders[0] if embedders else None, settings.stream_interval_ms / 1000)
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
 
     spec = ServiceSpec(

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -141,6 +142,29 @@ def to_response(event: Event) -> inference_pb2.GenerateResponse:
     return _end(event.prompt_tokens, event.completion_tokens)
 
 
+class _Outbox:
+    """What a stream's writer is handed, in order: the engine's events, then _FINISHED, or
+    _CANCEL from the client. Anything but a delta ends a delta's hold at once: a choice's last
+    tokens are not held back behind its end."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._urgent = asyncio.Event()
+
+    def put(self, item: Any) -> None:
+        self.queue.put_nowait(item)
+        if not isinstance(item, Delta):
+            self._urgent.set()
+
+    async def hold(self, seconds: float) -> None:
+        """Waits `seconds`, or until something other than a delta is put."""
+        if self._urgent.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._urgent.wait()
+
+
 def _coalesce(first: Delta, queue: asyncio.Queue[Any]) -> tuple[Delta, Any]:
     """Merges the deltas of the same choice already waiting in the queue into one message.
 
@@ -166,12 +190,15 @@ MAX_EMBED_TEXTS = 2048
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, pool: Backend, embedder: Embedder | None = None) -> None:
-        """`pool`: the registry, or one backend alone (served as the registry of just it)."""
+    def __init__(self, pool: Backend, embedder: Embedder | None = None, stream_interval_s: float = 0.0) -> None:
+        """`pool`: the registry, or one backend alone (served as the registry of just it).
+        `stream_interval_s`: a delta that comes sooner than this after the stream's last message
+        waits out the rest of the interval and goes out with whatever followed it (0: never held)."""
         if not isinstance(pool, BackendRegistry):
             pool = BackendRegistry(pool, local_kind(pool), [], Cooldowns(failures=3, cooldown_s=30.0))
         self._pool = pool
         self._embedder = embedder
+        self._stream_interval_s = stream_interval_s
 
     async def Embed(
         self, request: inference_pb2.EmbedRequest, context: grpc.aio.ServicerContext
@@ -204,16 +231,25 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         # Pull the first event here so a bad request fails the call before anything streams.
         head = await anext(events)
         assert isinstance(head, Started)
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        pump = asyncio.create_task(self._pump(events, queue))
-        watch = asyncio.create_task(self._watch_cancel(request_iterator, queue))
+        outbox = _Outbox()
+        pump = asyncio.create_task(self._pump(events, outbox))
+        watch = asyncio.create_task(self._watch_cancel(request_iterator, outbox))
         completion_tokens = 0
         pending: Any = None
+        loop = asyncio.get_running_loop()
+        sent_at = -math.inf
         try:
             yield to_response(head)
             while True:
-                item = pending if pending is not None else await queue.get()
-                pending = None
+                if pending is not None:
+                    item, pending = pending, None
+                else:
+                    item = await outbox.queue.get()
+                    # A fast stream's deltas go out at most once per interval, several tokens a
+                    # message; the first, and any after a pause as long, go out at once.
+                    hold = sent_at + self._stream_interval_s - loop.time()
+                    if isinstance(item, Delta) and hold > 0:
+                        await outbox.hold(hold)
                 if item is _FINISHED:
                     pump.result()  # re-raise an engine failure
                     return
@@ -225,29 +261,28 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     yield _end(head.prompt_tokens, completion_tokens, cancelled=True)
                     return
                 if isinstance(item, Delta):
-                    item, pending = _coalesce(item, queue)
+                    item, pending = _coalesce(item, outbox.queue)
                     completion_tokens += item.tokens
+                    sent_at = loop.time()
                 yield to_response(item)
         finally:
             pump.cancel()  # the client went away: aborts the engine request
             watch.cancel()
 
     @staticmethod
-    async def _pump(events: AsyncIterator[Event], queue: asyncio.Queue[Any]) -> None:
+    async def _pump(events: AsyncIterator[Event], outbox: _Outbox) -> None:
         try:
             async for event in events:
-                queue.put_nowait(event)
+                outbox.put(event)
         finally:
-            queue.put_nowait(_FINISHED)
+            outbox.put(_FINISHED)
 
     @staticmethod
-    async def _watch_cancel(
-        request_iterator: AsyncIterator[inference_pb2.GenerateRequest], queue: asyncio.Queue[Any]
-    ) -> None:
+    async def _watch_cancel(request_iterator: AsyncIterator[inference_pb2.GenerateRequest], outbox: _Outbox) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
             async for message in request_iterator:
                 if message.WhichOneof("action") == "cancel":
-                    queue.put_nowait(_CANCEL)
+                    outbox.put(_CANCEL)
                     return
 
     async def ListModels(

@@ -48,6 +48,10 @@ class InferenceSettings(ServiceSettings):
     # How much lower the CPU engine's threads run than the mesh's services on the same cores
     # (nice levels; 0: the same).
     cpu_engine_nice: int = Field(default=5, ge=0, le=19)
+    # A stream's deltas go out at most once per this many ms, several tokens a message when the
+    # engine is faster (the first token, and any after a pause as long, at once); 0: every
+    # delta as it comes. Each message costs every hop a write; at 100 tokens/s, 20 ms halves them.
+    stream_interval_ms: float = Field(default=20.0, ge=0, le=1000)
     # Share of GPU memory an engine takes on a GPU.
     gpu_memory_utilization: float = 0.85
     max_num_seqs: int = 64
