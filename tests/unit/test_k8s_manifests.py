@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import import_module, util
 from pathlib import Path
@@ -730,28 +729,43 @@ def test_image_environment_is_what_the_settings_read() -> None:
         assert name in known, f"Dockerfile sets {name}, which no service reads"
 
 
-def referenced_secrets(objs: tuple[Obj, ...]) -> Iterator[tuple[str, str]]:
-    """(Secret, key) pairs the manifests need; a key file of backends.yaml names its key."""
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_services_run_as_the_images_user(variant: str) -> None:
+    """The image's user has a passwd entry (torch and getpass look it up); the pods run as it."""
+    user = re.findall(r"^USER (\d+):(\d+)$", (REPO / "Dockerfile").read_text(), re.MULTILINE)
+    assert len(user) == 1, "the Dockerfile's final stage sets one numeric USER uid:gid"
+    uid, gid = (int(n) for n in user[0])
+    for workload in workloads(build(variant)):
+        if workload.service_module() is not None:
+            context = workload.pod["securityContext"]
+            assert (context["runAsUser"], context["runAsGroup"]) == (uid, gid), workload.name
+
+
+def referenced_secrets(objs: tuple[Obj, ...]) -> tuple[set[str], set[str]]:
+    """The Secrets the manifests need, and the keys in them (a key file of backends.yaml names its key)."""
+    names, keys = set(), set()
     for workload in workloads(objs):
         for container in workload.containers():
             for item in container.get("env", []):
                 ref = item.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
-                    yield ref["name"], ref["key"]
-        for volume in workload.pod.get("volumes", []):
-            if "secret" in volume:
-                yield volume["secret"]["secretName"], ""
+                    names.add(ref["name"])
+                    keys.add(ref["key"])
+        names |= {v["secret"]["secretName"] for v in workload.pod.get("volumes", []) if "secret" in v}
     for cm in by_kind(objs, "ConfigMap").values():
         if "backends.yaml" in cm.get("data", {}):
-            for backend in parse_backends(cm["data"]["backends.yaml"]).enabled:
-                if backend.api_key_file is not None:
-                    yield "", backend.api_key_file.name
+            backends = parse_backends(cm["data"]["backends.yaml"]).enabled
+            keys |= {b.api_key_file.name for b in backends if b.api_key_file is not None}
+    return names, keys
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_readme_tells_how_to_create_every_secret(variant: str) -> None:
     readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Deploying on Kubernetes") :]
-    for secret, key in referenced_secrets(build(variant)):
-        assert secret in section, f"the README's Kubernetes section should say how to create the Secret {secret}"
-        assert key in section, f"the README's Kubernetes section should name the key {key} of {secret}"
+    start = readme.index("## Deploying on Kubernetes")
+    section = readme[start : readme.index("\n## ", start)]
+    names, keys = referenced_secrets(build(variant))
+    for name in names:
+        assert f"create secret generic {name} " in section, f"the README should say how to create the Secret {name}"
+    for key in keys:
+        assert re.search(rf"--from-(literal|file)={re.escape(key)}=", section), f"the README should fill in {key}"
