@@ -58,7 +58,6 @@ K8S = REPO / "deploy" / "k8s"
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 LOOPBACK_NAMES = {"localhost"}
 PROMETHEUS = {"app.kubernetes.io/name": "prometheus"}
-NAME_LABEL = "app.kubernetes.io/name"
 STACK = StackSettings.model_construct()  # the defaults, whatever the environment says
 
 
