@@ -47,7 +47,7 @@ lint: setup ## buf lint, ruff (lint + format check), mypy
 	cd protos && ../$(BIN)/buf lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy services tests scripts examples bench
+	$(BIN)/mypy services tests scripts examples bench deploy/k8s/render.py
 
 fmt: setup ## Format and auto-fix
 	$(BIN)/ruff format .
