@@ -16,7 +16,6 @@ written twice by hand:
 from __future__ import annotations
 
 import argparse
-import string
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
-from services.stack.runner import ENVOY_TEMPLATE  # noqa: E402
+from services.stack.runner import ENVOY_TEMPLATE, envoy_config_text  # noqa: E402
 from services.stack.settings import StackSettings  # noqa: E402
 
 GENERATED = Path(__file__).resolve().parent / "base" / "generated"
@@ -52,16 +51,7 @@ def _header(source: str) -> str:
 def envoy_config() -> dict[str, Any]:
     """The local template filled in with the stack's default ports, then moved to Kubernetes."""
     stack = StackSettings.model_construct()  # the defaults, whatever this shell's environment says
-    values = {
-        "host": "0.0.0.0",
-        "upstream_host": GATEWAY_SERVICE,
-        "max_body_bytes": stack.max_body_bytes,
-        **{
-            f"{name}_port": stack.port(name)
-            for name in ("admin", "public", "gateway_http", "gateway_grpc", "inference", "memory", "router")
-        },
-    }
-    config: dict[str, Any] = yaml.safe_load(string.Template(ENVOY_TEMPLATE.read_text()).substitute(values))
+    config: dict[str, Any] = yaml.safe_load(envoy_config_text(stack, "0.0.0.0", GATEWAY_SERVICE))
     config["admin"]["address"]["socket_address"]["address"] = "127.0.0.1"
     resources = config["static_resources"]
     for cluster in resources["clusters"]:

@@ -60,18 +60,24 @@ def check_ports(settings: StackSettings, external_redis: bool) -> None:
                 ) from None
 
 
-def render_envoy_config(settings: StackSettings) -> Path:
+def envoy_config_text(settings: StackSettings, host: str, upstream_host: str) -> str:
+    """The Envoy template with `settings`' ports and body limit, listening on `host`, the gateway
+    at `upstream_host` (the local stack and the Kubernetes manifests both start from it)."""
     values = {
-        "host": settings.host,
-        "upstream_host": settings.host,
+        "host": host,
+        "upstream_host": upstream_host,
         "max_body_bytes": settings.max_body_bytes,
         **{
             f"{name}_port": settings.port(name)
             for name in ("admin", "public", "gateway_http", "gateway_grpc", "inference", "memory", "router")
         },
     }
+    return string.Template(ENVOY_TEMPLATE.read_text()).substitute(values)
+
+
+def render_envoy_config(settings: StackSettings) -> Path:
     target = settings.run_dir / "envoy.yaml"
-    target.write_text(string.Template(ENVOY_TEMPLATE.read_text()).substitute(values))
+    target.write_text(envoy_config_text(settings, settings.host, settings.host))
     return target
 
 
