@@ -10,7 +10,10 @@ import pytest
 from services.stack.launcher import REPO, RunningStack, background_stack
 
 # Keeps the suite clear of a `make run` on the default ports (and of another run of the suite).
-PORT_OFFSET = int(os.environ.get("LLMMESH_TEST_PORT_OFFSET", "30000"))
+# Every port of the stack (6379..9901 plus the offset) stays below Linux's ephemeral range
+# (32768-60999): a client connection's local port there once took the port a stack was
+# about to listen on.
+PORT_OFFSET = int(os.environ.get("LLMMESH_TEST_PORT_OFFSET", "20000"))
 MODEL = "smollm2-135m-instruct"
 
 Stack = RunningStack
