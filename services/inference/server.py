@@ -47,7 +47,7 @@ async def main() -> None:
 
     async def startup() -> None:
         if settings.embeddings:
-            embedders.append(await asyncio.to_thread(Embedder.load))
+            embedders.append(await asyncio.to_thread(Embedder.load, precision=settings.embedding_precision))
         local: Backend
         if settings.backend == "instant":
             pacing = Pacing(settings.instant_tokens_per_s, settings.instant_ttft_ms, settings.instant_max_streams)

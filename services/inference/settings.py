@@ -62,6 +62,9 @@ class InferenceSettings(ServiceSettings):
     recall_max_tokens: int = Field(default=256, ge=0)
     # The embedding model (all-MiniLM-L6-v2, packaged); off: no Embed RPC (and no recall).
     embeddings: bool = True
+    # Its forward pass: bfloat16 where the CPU computes it natively ("auto"), else float32
+    # (see embedder.py for what bfloat16 changes).
+    embedding_precision: Literal["auto", "float32", "bfloat16"] = "auto"
     # Background embeddings (the memory indexer's) wait while a local engine generates, at
     # most this long per batch (see embedder.py); 0: they never wait.
     background_embed_max_defer_s: float = Field(default=30.0, ge=0)

@@ -56,15 +56,77 @@ def test_paraphrase_is_closer_than_an_unrelated_sentence(embedder: Embedder) -> 
     assert cosine(query, paraphrase) > cosine(query, unrelated) + 0.3
 
 
-def test_the_traced_pass_gives_sentence_transformers_own_vectors(embedder: Embedder) -> None:
+@pytest.fixture(scope="module")
+def float32() -> Embedder:
+    return Embedder.load(precision="float32")
+
+
+@pytest.fixture(scope="module")
+def bfloat16() -> Embedder:
+    return Embedder.load(precision="bfloat16")
+
+
+def test_the_traced_pass_gives_sentence_transformers_own_vectors(float32: Embedder) -> None:
     """The forward pass runs traced (for the GIL, see embedder.py): whatever the batch size
     and lengths, its vectors are those of sentence-transformers' own eager pipeline."""
     texts = ["hi", "What is the capital of France?", "word " * 300, "Ada, my sister, likes chess. " * 5]
-    ours, _ = embedder.embed(texts)
-    theirs = embedder._model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
-    assert type(embedder._direct).__name__ == "TopLevelTracedModule"
+    ours, _ = float32.embed(texts)
+    theirs = float32._model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    assert float32.precision == "float32"
+    assert type(float32._direct).__name__ == "TopLevelTracedModule"
     for mine, reference in zip(ours, theirs.tolist(), strict=True):
         assert max(abs(a - b) for a, b in zip(mine, reference, strict=True)) < 1e-5
+
+
+PASSAGES = [
+    "My sister Ada lives in Lisbon and teaches chemistry.",
+    "The deployment failed because the TLS certificate had expired.",
+    "We planted tomatoes, basil and two rows of beans this spring.",
+    "Quarterly revenue grew by four percent, driven by the new subscription plan.",
+    "The cat refuses to eat anything but salmon since we moved.",
+    "Our flight to Tokyo leaves on the 14th at 9:40 in the morning.",
+]
+QUERIES = {
+    "where does my sister live": 0,
+    "why did the release break": 1,
+    "what is growing in the garden": 2,
+    "how did sales do last quarter": 3,
+    "what food does the pet like": 4,
+    "when is the trip to Japan": 5,
+}
+
+
+def test_bfloat16_vectors_are_float32_ones_to_within_a_rounding(float32: Embedder, bfloat16: Embedder) -> None:
+    """bfloat16 (chosen on CPUs that compute it natively) moves a vector by a cosine of about
+    1e-4, and recall finds the same passage for every query."""
+    import torch
+
+    assert bfloat16.precision == "bfloat16"
+    transformer = bfloat16._model[0].auto_model
+    assert isinstance(transformer, torch.nn.Module)
+    assert next(transformer.parameters()).dtype == torch.bfloat16
+    texts = [*PASSAGES, *QUERIES, "hi", "word " * 300]
+    exact, exact_tokens = float32.embed(texts)
+    rounded, tokens = bfloat16.embed(texts)
+    assert tokens == exact_tokens
+    for a, b in zip(exact, rounded, strict=True):
+        assert math.isclose(math.sqrt(sum(v * v for v in b)), 1.0, rel_tol=1e-4)
+        assert 0.999 < cosine(a, b) < 1.0 + 1e-6
+    passages = rounded[: len(PASSAGES)]
+    for query, vector in zip(QUERIES, rounded[len(PASSAGES) :], strict=False):
+        scores = [cosine(vector, passage) for passage in passages]
+        assert scores.index(max(scores)) == QUERIES[query], query
+
+
+def test_auto_precision_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.inference import embedder as module
+
+    monkeypatch.setattr(module, "native_bfloat16", lambda: True)
+    assert module.resolve_precision("auto") == "bfloat16"
+    monkeypatch.setattr(module, "native_bfloat16", lambda: False)
+    assert module.resolve_precision("auto") == "float32"
+    assert module.resolve_precision("bfloat16") == "bfloat16"
+    assert module.resolve_precision("float32") == "float32"
 
 
 def test_same_text_same_vector_whatever_the_batch(embedder: Embedder) -> None:
