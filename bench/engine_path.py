@@ -18,6 +18,8 @@ from bench.procs import MODEL, llmmesh_stack, vllm_server
 from services.inference import sizing
 from services.inference.model_store import prepare_default_model
 from services.inference.settings import InferenceSettings
+from services.router.config import load_config
+from services.router.settings import RouterSettings
 
 CONCURRENCY = 16
 PROBE_EVERY_S = 0.1
@@ -26,19 +28,41 @@ INPUT_LEN = 128
 OUTPUT_LEN = 64
 
 
-def _register_session_backend() -> str:
-    """vLLM's chat client plus a fresh `session_id` per request: every request then really
-    reads and writes the memory service, without one growing history skewing prompt sizes."""
+def _default_persona() -> str:
+    """The system prompt llmmesh's default agent gives a request that brings none."""
+    settings = RouterSettings()
+    config = load_config(settings.config_path)
+    return config.default.system_prompt
+
+
+def _register_backends(system_prompt: str) -> tuple[str, str]:
+    """vLLM's chat client sending `system_prompt` as a system message before each prompt, as is
+    (for vLLM's servers) and with a fresh `session_id` per request (for llmmesh: every request
+    then really reads and writes the memory service, without one growing history skewing
+    prompt sizes). A client's system message stands in for the agent's, so each engine reads
+    the same prompt: without it, llmmesh's default agent's persona (about 17 tokens longer than
+    the model template's own default system prompt) would make the mesh's engine prefill more."""
     from vllm.benchmarks.lib import endpoint_request_func as funcs
 
     chat = funcs.async_request_openai_chat_completions
 
+    def with_system(request_func_input: Any) -> Any:
+        messages = [
+            {"role": "system", "content": system_prompt},
+            {"role": "user", "content": request_func_input.prompt},
+        ]
+        return replace(request_func_input, chat_messages=messages)
+
+    async def direct(request_func_input: Any, session: Any, pbar: Any = None) -> Any:
+        return await chat(with_system(request_func_input), session, pbar)
+
     async def with_session(request_func_input: Any, session: Any, pbar: Any = None) -> Any:
         extra = {**(request_func_input.extra_body or {}), "session_id": f"bench-{uuid.uuid4().hex}"}
-        return await chat(replace(request_func_input, extra_body=extra), session, pbar)
+        return await chat(replace(with_system(request_func_input), extra_body=extra), session, pbar)
 
+    funcs.ASYNC_REQUEST_FUNCS["chat-with-system"] = direct
     funcs.ASYNC_REQUEST_FUNCS["llmmesh-chat"] = with_session
-    return "llmmesh-chat"
+    return "chat-with-system", "llmmesh-chat"
 
 
 def _serve_benchmark(base_url: str, backend: str, model_path: str, prompts: int, concurrency: int) -> dict[str, Any]:
@@ -137,20 +161,21 @@ def run(ctx: Context) -> Report:
     light = [(1, 3 if ctx.quick else 24), (4, 8 if ctx.quick else 16)]
     folder = prepare_default_model(InferenceSettings().cache_dir)
     model_path = str(folder)
-    backend = _register_session_backend()
+    persona = _default_persona()
+    direct_backend, backend = _register_backends(persona)
     port = 8000 + ctx.port_offset
     plan = sizing.plan_cpu_engine(sizing.Machine.detect())
     defaults = {"VLLM_CPU_KVCACHE_SPACE": str(plan.kv_cache_gib)}
     rows: dict[str, Row] = {}
     with vllm_server(folder, port, ctx.out_dir, defaults, "vllm-defaults") as base:
         rows["defaults"] = _row(
-            "vllm-defaults", _serve_benchmark(base, "openai-chat", model_path, prompts, CONCURRENCY)
+            "vllm-defaults", _serve_benchmark(base, direct_backend, model_path, prompts, CONCURRENCY)
         )
     with vllm_server(folder, port, ctx.out_dir, plan.env(), "vllm-tuned") as base:
         with _Probe(f"{base}/v1", "unused") as direct:
-            rows["tuned"] = _row("vllm-tuned", _serve_benchmark(base, "openai-chat", model_path, prompts, CONCURRENCY))
+            rows["tuned"] = _row("vllm-tuned", _serve_benchmark(base, direct_backend, model_path, prompts, CONCURRENCY))
         for concurrency, count in light:
-            result = _serve_benchmark(base, "openai-chat", model_path, count, concurrency)
+            result = _serve_benchmark(base, direct_backend, model_path, count, concurrency)
             rows[f"tuned-{concurrency}"] = _row(f"vllm-tuned @{concurrency}", result)
     with llmmesh_stack(ctx.out_dir / "stack-engine", ctx.port_offset) as stack:
         public = f"{stack.settings.public_url}/v1"
@@ -199,6 +224,8 @@ def run(ctx: Context) -> Report:
         notes=[
             "ratio rows hold output_tok_s as a ratio and ttft_p50_ms as a difference (ms)",
             f"engine settings, vLLM defaults side: {defaults}; tuned side and llmmesh: {plan.env()}",
+            "every request on every side starts with the system message llmmesh's default agent would "
+            f"add ({len(persona)} characters), so each engine reads the same prompt",
         ],
         plot_metrics=["output_tok_s", "ttft_p50_ms", "tpot_p50_ms"],
     )
