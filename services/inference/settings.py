@@ -7,6 +7,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+from services.inference.embedder import Precision
 from services.inference.model_store import DEFAULT_MODEL_NAME
 
 _REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +69,7 @@ class InferenceSettings(ServiceSettings):
     embeddings: bool = True
     # Its forward pass: bfloat16 where the CPU computes it natively ("auto"), else float32
     # (see embedder.py for what bfloat16 changes).
-    embedding_precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    embedding_precision: Precision = "auto"
     # Background embeddings (the memory indexer's) wait while a local engine generates, at
     # most this long per batch (see embedder.py); 0: they never wait.
     background_embed_max_defer_s: float = Field(default=30.0, ge=0)
