@@ -50,7 +50,12 @@ async def main() -> None:
         inference_pb2_grpc.InferenceServiceStub(channel), settings.index_embed_timeout_s, background=True
     )
     indexer = Indexer(
-        store, vectors, background, batch=settings.index_batch, claim_idle_ms=settings.index_claim_idle_ms
+        store,
+        vectors,
+        background,
+        batch=settings.index_batch,
+        claim_idle_ms=settings.index_claim_idle_ms,
+        gather_s=settings.index_gather_s,
     )
     tasks: list[asyncio.Task[None]] = []
 

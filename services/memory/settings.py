@@ -43,7 +43,9 @@ class MemorySettings(ServiceSettings):
     recall_top_k: int = Field(default=5, ge=0, le=50)
     recall_threshold: float = Field(default=0.35, ge=-1, le=1)
     dedup_similarity: float = Field(default=0.95, gt=0, le=1)
-    # Indexer: turns embedded per batch, and how long an entry may sit with a consumer that
-    # went away before another takes it over.
+    # Indexer: turns embedded per batch; how long a batch that is not full waits for more
+    # (the embedding model computes a pass of 32 short texts for half the CPU per text of a
+    # pass of 2); how long an entry may sit with a consumer that went away before another takes it over.
     index_batch: int = Field(default=32, ge=1)
+    index_gather_s: float = Field(default=1.0, ge=0, le=60)
     index_claim_idle_ms: int = Field(default=30_000, ge=1000)

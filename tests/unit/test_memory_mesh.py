@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from llmmesh.memory.v1 import memory_pb2
 from services.gateway.pipeline import APPENDS
 from services.inference.embedder import Embedder
 from services.inference.engine import ChatTokenizer
+from services.memory.embedding import Embeddings
+from services.memory.indexer import Indexer
 from services.memory.store import INDEX_STREAM, tag
 from services.memory.vectors import VectorStoreUnavailable
 from tests.unit.helpers import free_port
@@ -334,3 +337,39 @@ async def test_recall_costs_an_embedding_only_when_something_can_be_recalled(
     assert within_window == 0
     assert past_window >= 1
     assert with_user == 1
+
+
+class _RecordingEmbeddings:
+    """Test spy: the real embeddings, each call's texts recorded."""
+
+    def __init__(self, inner: Embeddings) -> None:
+        self.inner = inner
+        self.calls: list[list[str]] = []
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        self.calls.append(list(texts))
+        return await self.inner.embed(texts)
+
+
+async def test_the_indexer_gathers_turns_that_finish_while_its_batch_waits(
+    valkey_url: str, tmp_path: Path, smollm2_tokenizer: ChatTokenizer, embedder: Embedder
+) -> None:
+    options = MeshOptions(indexer=False)
+    async with in_process_mesh(valkey_url, tmp_path, smollm2_tokenizer, embedder, options) as mesh:
+        spy = _RecordingEmbeddings(mesh.core.embeddings)
+        indexer = Indexer(mesh.store, mesh.vectors, spy, batch=32, claim_idle_ms=30_000, gather_s=0.5)
+        sid = session()
+        assert (await mesh.chat("The lighthouse keeper is Morgan.", session_id=sid)).status_code == 200
+        await mesh.stored()
+        step = asyncio.create_task(indexer.step())
+        await asyncio.sleep(0.15)  # the first turn is taken; the batch waits for more
+        assert not step.done()
+        assert (await mesh.chat("The ferry leaves at noon.", session_id=sid)).status_code == 200
+        await mesh.stored()
+        taken = await step
+        stored = await mesh.vectors.count("default")
+
+    assert taken >= 2
+    assert len(spy.calls) == 1  # both turns in one pass of the model
+    assert {"The lighthouse keeper is Morgan.", "The ferry leaves at noon."} <= set(spy.calls[0])
+    assert stored >= 4  # each turn's message and reply
