@@ -4,7 +4,9 @@ benchmark (`vllm.benchmarks.serve`) in one session."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import statistics
 import threading
 import time
 import uuid
@@ -14,7 +16,7 @@ from typing import Any
 import httpx
 
 from bench.harness import Context, Report, Row, Target, percentile
-from bench.procs import MODEL, llmmesh_stack, vllm_server
+from bench.procs import MODEL, llmmesh_stack, vllm_server, wait_indexed
 from services.inference import sizing
 from services.inference.model_store import prepare_default_model
 from services.inference.settings import InferenceSettings
@@ -24,6 +26,8 @@ from services.router.settings import RouterSettings
 CONCURRENCY = 16
 PROBE_EVERY_S = 0.1
 PROBE_IDLE_S = 5.0
+# Loaded runs per server in a full run (see run()).
+ROUNDS = 2
 INPUT_LEN = 128
 OUTPUT_LEN = 64
 
@@ -65,7 +69,9 @@ def _register_backends(system_prompt: str) -> tuple[str, str]:
     return "chat-with-system", "llmmesh-chat"
 
 
-def _serve_benchmark(base_url: str, backend: str, model_path: str, prompts: int, concurrency: int) -> dict[str, Any]:
+def _serve_benchmark(
+    base_url: str, backend: str, model_path: str, prompts: int, concurrency: int, seed: int = 0
+) -> dict[str, Any]:
     from vllm.benchmarks import serve
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -77,7 +83,7 @@ def _serve_benchmark(base_url: str, backend: str, model_path: str, prompts: int,
             "--model", MODEL, "--tokenizer", model_path,
             "--dataset-name", "random", "--random-input-len", str(INPUT_LEN),
             "--random-output-len", str(OUTPUT_LEN), "--num-prompts", str(prompts),
-            "--max-concurrency", str(concurrency), "--ignore-eos", "--seed", "0",
+            "--max-concurrency", str(concurrency), "--ignore-eos", "--seed", str(seed),
             "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
         ]
     )  # fmt: skip
@@ -101,12 +107,14 @@ def _row(case: str, result: dict[str, Any]) -> Row:
     )
 
 
-def _through_mesh(stack: Any, backend: str, model_path: str, prompts: int, concurrency: int) -> dict[str, Any]:
+def _through_mesh(
+    stack: Any, backend: str, model_path: str, prompts: int, concurrency: int, seed: int = 0
+) -> dict[str, Any]:
     # vLLM's benchmark client sends OPENAI_API_KEY as its Bearer key.
     saved = os.environ.get("OPENAI_API_KEY")
     os.environ["OPENAI_API_KEY"] = stack.api_key
     try:
-        return _serve_benchmark(stack.settings.public_url, backend, model_path, prompts, concurrency)
+        return _serve_benchmark(stack.settings.public_url, backend, model_path, prompts, concurrency, seed)
     finally:
         if saved is None:
             os.environ.pop("OPENAI_API_KEY", None)
@@ -117,15 +125,16 @@ def _through_mesh(stack: Any, backend: str, model_path: str, prompts: int, concu
 class _Probe:
     """GET /v1/models every PROBE_EVERY_S in a thread: through Envoy, how responsive the mesh
     stays (gateway -> router and back) while the engine computes on every core. vLLM's tuned
-    server is probed the same way during its own run, so the throughput ratio compares two
-    servers under the same load (the probes cost CPU the engine would otherwise have)."""
+    server is probed the same way during its own runs, so the throughput ratio compares two
+    servers under the same load (the probes cost CPU the engine would otherwise have). The
+    latencies of every probe given the same list land in it."""
 
-    def __init__(self, base_url: str, api_key: str) -> None:
+    def __init__(self, base_url: str, api_key: str, latencies_ms: list[float]) -> None:
         self._url = f"{base_url}/models"
         self._headers = {"Authorization": f"Bearer {api_key}"}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self.latencies_ms: list[float] = []
+        self.latencies_ms = latencies_ms
 
     def _run(self) -> None:
         with httpx.Client(timeout=30) as client:
@@ -142,21 +151,37 @@ class _Probe:
         self._stop.set()
         self._thread.join()
 
-    def row(self, case: str) -> Row:
-        latencies = self.latencies_ms
-        return Row(
-            case,
-            {"probe_p50_ms": percentile(latencies, 0.5), "probe_p99_ms": percentile(latencies, 0.99)},
-            {"probes": len(latencies)},
-        )
+
+def _probe_row(case: str, latencies: list[float]) -> Row:
+    return Row(
+        case,
+        {"probe_p50_ms": percentile(latencies, 0.5), "probe_p99_ms": percentile(latencies, 0.99)},
+        {"probes": len(latencies)},
+    )
+
+
+def _mean_row(case: str, rounds: list[Row]) -> Row:
+    """The rounds' figures averaged (failures added up)."""
+    metrics = {
+        key: (sum if key == "failed" else statistics.fmean)([r.metrics[key] for r in rounds])
+        for key in rounds[0].metrics
+    }
+    return Row(case, metrics, {"rounds": len(rounds), "completed": sum(r.params["completed"] or 0 for r in rounds)})
 
 
 def run(ctx: Context) -> Report:
-    """Three servers one after the other: vLLM's own with its default CPU binding (one core kept
-    in reserve), vLLM's own with the engine settings llmmesh chooses for this machine, and
-    llmmesh through Envoy; each under load, and the tuned pair also at light load (1 and 4
-    concurrent) where TTFT shows the mesh's own cost rather than queueing."""
+    """Three servers, each under load: vLLM's own with its default CPU binding (one core kept in
+    reserve), vLLM's own with the engine settings llmmesh chooses for this machine, and llmmesh
+    through Envoy; the tuned pair also at light load (1 and 4 concurrent) where TTFT shows the
+    mesh's own cost rather than queueing.
+
+    The loaded runs come in rounds, each with its own dataset seed (a prompt seen before would
+    hit the prefix cache), in mirrored order (defaults, tuned, mesh, then mesh, tuned, defaults)
+    so that a machine getting slower or faster over the run weighs on every side alike; each
+    side's figure is the mean of its rounds. One run of this benchmark moved by ±0.08 in the
+    mesh/tuned ratio between runs."""
     prompts = 16 if ctx.quick else 64
+    seeds = range(1 if ctx.quick else ROUNDS)
     # At 1 concurrent a p50 of 8 requests moved ±15 ms between runs: 24 steady it.
     light = [(1, 3 if ctx.quick else 24), (4, 8 if ctx.quick else 16)]
     folder = prepare_default_model(InferenceSettings().cache_dir)
@@ -166,38 +191,66 @@ def run(ctx: Context) -> Report:
     port = 8000 + ctx.port_offset
     plan = sizing.plan_cpu_engine(sizing.Machine.detect())
     defaults = {"VLLM_CPU_KVCACHE_SPACE": str(plan.kv_cache_gib)}
-    rows: dict[str, Row] = {}
-    with vllm_server(folder, port, ctx.out_dir, defaults, "vllm-defaults") as base:
-        rows["defaults"] = _row(
-            "vllm-defaults", _serve_benchmark(base, direct_backend, model_path, prompts, CONCURRENCY)
-        )
-    with vllm_server(folder, port, ctx.out_dir, plan.env(), "vllm-tuned") as base:
-        with _Probe(f"{base}/v1", "unused") as direct:
-            rows["tuned"] = _row("vllm-tuned", _serve_benchmark(base, direct_backend, model_path, prompts, CONCURRENCY))
-        for concurrency, count in light:
-            result = _serve_benchmark(base, direct_backend, model_path, count, concurrency)
-            rows[f"tuned-{concurrency}"] = _row(f"vllm-tuned @{concurrency}", result)
+    rounds: dict[str, list[Row]] = {"defaults": [], "tuned": [], "mesh": []}
+    light_rows: dict[str, Row] = {}
+    probed: dict[str, list[float]] = {"idle": [], "mesh": [], "tuned": []}
+
+    def vllm_round(side: str, seed: int, with_light: bool = False) -> None:
+        env, name = (defaults, "vllm-defaults") if side == "defaults" else (plan.env(), "vllm-tuned")
+        with vllm_server(folder, port, ctx.out_dir, env, f"{name}-{seed}") as base:
+            probe = _Probe(f"{base}/v1", "unused", probed[side]) if side == "tuned" else contextlib.nullcontext()
+            with probe:
+                result = _serve_benchmark(base, direct_backend, model_path, prompts, CONCURRENCY, seed)
+            rounds[side].append(_row(f"{name}, seed {seed}", result))
+            for concurrency, count in light if with_light else ():
+                result = _serve_benchmark(base, direct_backend, model_path, count, concurrency)
+                light_rows[f"tuned-{concurrency}"] = _row(f"vllm-tuned @{concurrency}", result)
+
+    def mesh_round(stack: Any, seed: int) -> None:
+        wait_indexed(stack)
+        with _Probe(f"{stack.settings.public_url}/v1", stack.api_key, probed["mesh"]):
+            result = _through_mesh(stack, backend, model_path, prompts, CONCURRENCY, seed)
+        rounds["mesh"].append(_row(f"llmmesh-via-envoy, seed {seed}", result))
+
+    first, *more = seeds
+    vllm_round("defaults", first)
+    vllm_round("tuned", first, with_light=True)
     with llmmesh_stack(ctx.out_dir / "stack-engine", ctx.port_offset) as stack:
-        public = f"{stack.settings.public_url}/v1"
-        with _Probe(public, stack.api_key) as idle:
+        with _Probe(f"{stack.settings.public_url}/v1", stack.api_key, probed["idle"]):
             time.sleep(PROBE_IDLE_S)
-        with _Probe(public, stack.api_key) as loaded:
-            rows["mesh"] = _row("llmmesh-via-envoy", _through_mesh(stack, backend, model_path, prompts, CONCURRENCY))
+        mesh_round(stack, first)
         for concurrency, count in light:
+            wait_indexed(stack)
             result = _through_mesh(stack, backend, model_path, count, concurrency)
-            rows[f"mesh-{concurrency}"] = _row(f"llmmesh @{concurrency}", result)
+            light_rows[f"mesh-{concurrency}"] = _row(f"llmmesh @{concurrency}", result)
+        for seed in more:
+            mesh_round(stack, seed)
+    for seed in more:
+        vllm_round("tuned", seed)
+        vllm_round("defaults", seed)
+    names = {"defaults": "vllm-defaults", "tuned": "vllm-tuned", "mesh": "llmmesh-via-envoy"}
+    rows = {side: _mean_row(names[side], measured) for side, measured in rounds.items()}
+    rows.update(light_rows)
     probes = [
-        idle.row("gateway probe, engine idle"),
-        loaded.row(f"gateway probe, engine @{CONCURRENCY}"),
-        direct.row(f"vLLM server probe, engine @{CONCURRENCY}"),
+        _probe_row("gateway probe, engine idle", probed["idle"]),
+        _probe_row(f"gateway probe, engine @{CONCURRENCY}", probed["mesh"]),
+        _probe_row(f"vLLM server probe, engine @{CONCURRENCY}", probed["tuned"]),
+    ]
+    by_round = [
+        Row(
+            f"ratio mesh/tuned, seed {seed}",
+            {"output_tok_s": mesh.metrics["output_tok_s"] / tuned.metrics["output_tok_s"]},
+        )
+        for seed, mesh, tuned in zip(seeds, rounds["mesh"], rounds["tuned"], strict=True)
     ]
     tok_s = {key: row.metrics["output_tok_s"] for key, row in rows.items()}
     vs_defaults = tok_s["mesh"] / tok_s["defaults"]
     vs_tuned = tok_s["mesh"] / tok_s["tuned"]
     ttft_1 = rows["mesh-1"].metrics["ttft_p50_ms"] - rows["tuned-1"].metrics["ttft_p50_ms"]
     ttft_4 = rows["mesh-4"].metrics["ttft_p50_ms"] - rows["tuned-4"].metrics["ttft_p50_ms"]
-    for key, row in rows.items():
-        concurrency = int(key.rsplit("-", 1)[1]) if key[-1].isdigit() else CONCURRENCY
+    every_round = [row for side in rounds.values() for row in side] if len(seeds) > 1 else []
+    for key, row in [*rows.items(), *(("", row) for row in every_round)]:
+        concurrency = int(key.rsplit("-", 1)[1]) if key[-1:].isdigit() else CONCURRENCY
         row.params.update({"concurrency": concurrency, "input_len": INPUT_LEN, "output_len": OUTPUT_LEN})
     return Report(
         benchmark="engine-path",
@@ -205,9 +258,11 @@ def run(ctx: Context) -> Report:
         f"(and 1, 4 concurrent); llmmesh's engine settings: {plan.env()}",
         rows=[
             *rows.values(),
+            *every_round,
             *probes,
             Row("ratio mesh/defaults", {"output_tok_s": vs_defaults}),
             Row("ratio mesh/tuned", {"output_tok_s": vs_tuned, "ttft_p50_ms": ttft_1}),
+            *(by_round if len(seeds) > 1 else []),
         ],
         targets=[
             Target("output throughput, llmmesh / vLLM defaults", vs_defaults, ">= 1.4", vs_defaults >= 1.4),
@@ -223,6 +278,11 @@ def run(ctx: Context) -> Report:
         ],
         notes=[
             "ratio rows hold output_tok_s as a ratio and ttft_p50_ms as a difference (ms)",
+            f"the {CONCURRENCY}-concurrent rows of each server are the mean of {len(seeds)} round(s), one dataset "
+            "seed each, run in mirrored order (defaults, tuned, llmmesh, llmmesh, tuned, defaults); "
+            "the rows named by seed are the single rounds",
+            "each llmmesh run starts once the memory indexer has embedded the turns of the run before "
+            "(its queue empty); a run's own turns are indexed during it, as in service",
             f"engine settings, vLLM defaults side: {defaults}; tuned side and llmmesh: {plan.env()}",
             "every request on every side starts with the system message llmmesh's default agent would "
             f"add ({len(persona)} characters), so each engine reads the same prompt",

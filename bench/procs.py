@@ -13,7 +13,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psutil
+import redis
 
+from services.memory.store import INDEX_STREAM
 from services.stack.launcher import RunningStack, background_stack
 from services.stack.readiness import http_ok
 
@@ -48,6 +50,20 @@ def llmmesh_stack(run_dir: Path, port_offset: int, **env: str) -> Iterator[Runni
     quiet = {f"LLMMESH_{svc}_LOG_LEVEL": "WARNING" for svc in ("GATEWAY", "MEMORY", "ROUTER", "INFERENCE")}
     with background_stack(run_dir, port_offset, {**quiet, **env}) as stack:
         yield stack
+
+
+def wait_indexed(stack: RunningStack, timeout_s: float = 300.0) -> float:
+    """Waits until the memory indexer's queue is empty (every stored turn embedded and in the
+    vector store), so that one run's background work does not land in the next run; returns
+    the seconds waited."""
+    url = stack.settings.redis_url or f"redis://{stack.settings.host}:{stack.settings.port('redis')}/0"
+    started = time.monotonic()
+    with redis.Redis.from_url(url) as client:
+        while client.xlen(INDEX_STREAM):
+            if time.monotonic() - started > timeout_s:
+                raise RuntimeError(f"the memory indexer's queue was not empty after {timeout_s:.0f} s")
+            time.sleep(0.2)
+    return time.monotonic() - started
 
 
 _ENGINE_VARIABLES = (
