@@ -28,6 +28,8 @@ PROBE_EVERY_S = 0.1
 PROBE_IDLE_S = 5.0
 # Loaded runs per server in a full run (see run()).
 ROUNDS = 2
+# Dataset seeds of the light-load runs: 100 + concurrency, apart from the rounds' 0, 1, ...
+LIGHT_SEED_BASE = 100
 INPUT_LEN = 128
 OUTPUT_LEN = 64
 
@@ -184,6 +186,9 @@ def run(ctx: Context) -> Report:
     seeds = range(1 if ctx.quick else ROUNDS)
     # At 1 concurrent a p50 of 8 requests moved ±15 ms between runs: 24 steady it.
     light = [(1, 3 if ctx.quick else 24), (4, 8 if ctx.quick else 16)]
+    # Light runs read prompts no loaded round has sent (same on both sides): a prompt already in
+    # the prefix cache would measure a cached prefill, about half the real one on these cores.
+    light_seed = {concurrency: LIGHT_SEED_BASE + concurrency for concurrency, _ in light}
     folder = prepare_default_model(InferenceSettings().cache_dir)
     model_path = str(folder)
     persona = _default_persona()
@@ -203,7 +208,7 @@ def run(ctx: Context) -> Report:
                 result = _serve_benchmark(base, direct_backend, model_path, prompts, CONCURRENCY, seed)
             rounds[side].append(_row(f"{name}, seed {seed}", result))
             for concurrency, count in light if with_light else ():
-                result = _serve_benchmark(base, direct_backend, model_path, count, concurrency)
+                result = _serve_benchmark(base, direct_backend, model_path, count, concurrency, light_seed[concurrency])
                 light_rows[f"tuned-{concurrency}"] = _row(f"vllm-tuned @{concurrency}", result)
 
     def mesh_round(stack: Any, seed: int) -> None:
@@ -221,7 +226,7 @@ def run(ctx: Context) -> Report:
         mesh_round(stack, first)
         for concurrency, count in light:
             wait_indexed(stack)
-            result = _through_mesh(stack, backend, model_path, count, concurrency)
+            result = _through_mesh(stack, backend, model_path, count, concurrency, light_seed[concurrency])
             light_rows[f"mesh-{concurrency}"] = _row(f"llmmesh @{concurrency}", result)
         for seed in more:
             mesh_round(stack, seed)
@@ -283,6 +288,8 @@ def run(ctx: Context) -> Report:
             "the rows named by seed are the single rounds",
             "each llmmesh run starts once the memory indexer has embedded the turns of the run before "
             "(its queue empty); a run's own turns are indexed during it, as in service",
+            f"the light-load runs use dataset seeds of their own ({LIGHT_SEED_BASE} + concurrency) on both "
+            "sides, so their prefills are not in the prefix cache",
             f"engine settings, vLLM defaults side: {defaults}; tuned side and llmmesh: {plan.env()}",
             "every request on every side starts with the system message llmmesh's default agent would "
             f"add ({len(persona)} characters), so each engine reads the same prompt",
