@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.harness import Context, format_report, plot_report, write_results
+from bench.harness import Context, format_report, machine, machine_line, plot_report, write_results
 from bench.registry import BENCHMARKS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +26,7 @@ def main() -> int:
     out_dir = args.out / time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True)
     ctx = Context(out_dir=out_dir, quick=args.quick)
+    print(machine_line(machine()), flush=True)
     reports = []
     for name in args.names or list(BENCHMARKS):
         print(f"-- running {name} ...", flush=True)

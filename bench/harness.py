@@ -118,12 +118,54 @@ def plot_report(report: Report, path: Path) -> None:
 def write_results(reports: list[Report], out_dir: Path) -> Path:
     payload = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": _cpus()},
+        "machine": machine(),
         "reports": [asdict(r) for r in reports],
     }
     path = out_dir / "results.json"
     path.write_text(json.dumps(payload, indent=2))
     return path
+
+
+# The instruction sets that move these figures: vLLM's CPU kernels and the embedding model
+# use bfloat16 only where AVX-512 BF16 or AMX compute it. Two 2-CPU EPYC machines, one with
+# AVX-512 BF16 and one with AVX2 only, read about 2x apart in engine tokens/s.
+_ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def machine(cpuinfo: Path = Path("/proc/cpuinfo"), meminfo: Path = Path("/proc/meminfo")) -> dict[str, Any]:
+    """What the figures were measured on: two runs compare only on the same CPU model."""
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(), "cpus": _cpus()}
+    fields = _proc_fields(cpuinfo)
+    info["cpu_model"] = fields.get("model name", platform.processor() or "unknown")
+    if "cpu family" in fields and "model" in fields:  # a virtual CPU's name is often generic
+        info["cpu_id"] = f"family {fields['cpu family']} model {fields['model']}"
+    flags = set(fields.get("flags", "").split())
+    info["cpu_isa"] = [flag for flag in _ISA_FLAGS if flag in flags]
+    total_kib = _proc_fields(meminfo).get("MemTotal", "")
+    if total_kib:
+        info["memory_gib"] = round(int(total_kib.split()[0]) / 2**20, 1)
+    return info
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    memory = f", {info['memory_gib']} GiB" if "memory_gib" in info else ""
+    isa = " ".join(info["cpu_isa"]) or "none of " + " ".join(_ISA_FLAGS)
+    cpu = f"{info['cpu_model']} ({info['cpu_id']})" if "cpu_id" in info else info["cpu_model"]
+    return f"machine: {cpu}, {info['cpus']} CPUs ({isa}){memory}, {info['platform']}"
+
+
+def _proc_fields(path: Path) -> dict[str, str]:
+    """The first value of each ``key: value`` line of a /proc file ({} where there is none)."""
+    fields: dict[str, str] = {}
+    try:
+        text = path.read_text()
+    except OSError:
+        return fields
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
 
 
 def _cpus() -> int:

@@ -6,7 +6,17 @@ import json
 import math
 from pathlib import Path
 
-from bench.harness import Report, Row, Target, format_report, percentile, plot_report, write_results
+from bench.harness import (
+    Report,
+    Row,
+    Target,
+    format_report,
+    machine,
+    machine_line,
+    percentile,
+    plot_report,
+    write_results,
+)
 from bench.hops import parse_wrk
 
 WRK_OUTPUT = """Running 4s test @ http://127.0.0.1:48080/v1/chat/completions
@@ -74,3 +84,34 @@ def test_results_json_and_plot_are_written(tmp_path: Path) -> None:
     payload = json.loads(path.read_text())
     assert payload["reports"][0]["rows"][0]["metrics"]["req_s"] == 1234.5
     assert (tmp_path / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_machine_is_recorded_with_its_cpu_and_instruction_sets(tmp_path: Path) -> None:
+    cpuinfo, meminfo = tmp_path / "cpuinfo", tmp_path / "meminfo"
+    processor = "cpu family\t: 23\nmodel\t\t: 49\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx avx2 fma\n"
+    cpuinfo.write_text(f"processor\t: 0\n{processor}\nprocessor\t: 1\n{processor}")
+    meminfo.write_text("MemTotal:       24683292 kB\nMemFree:         1000000 kB\n")
+
+    info = machine(cpuinfo, meminfo)
+
+    assert info["cpu_model"] == "AMD EPYC"
+    assert info["cpu_id"] == "family 23 model 49"
+    assert info["cpu_isa"] == ["avx2"]
+    assert info["memory_gib"] == 23.5
+    assert info["cpus"] >= 1
+    assert machine_line(info).startswith("machine: AMD EPYC (family 23 model 49), ")
+    assert "(avx2), 23.5 GiB" in machine_line(info)
+
+
+def test_a_machine_without_proc_files_is_still_recorded(tmp_path: Path) -> None:
+    info = machine(tmp_path / "absent", tmp_path / "absent")
+
+    assert info["cpu_isa"] == []
+    assert "memory_gib" not in info
+    assert "none of avx2" in machine_line(info)
+
+
+def test_results_name_the_machine(tmp_path: Path) -> None:
+    payload = json.loads(write_results([report()], tmp_path).read_text())
+
+    assert set(payload["machine"]) >= {"platform", "python", "cpus", "cpu_model", "cpu_isa"}
