@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import aiohttp
@@ -24,14 +25,14 @@ LONG_STREAM_TOKENS = 20_000
 
 _LUA = """
 local counter = 0
-local prefix = '{"model": "%(model)s", "max_tokens": %(tokens)d, "stream": %(stream)s, "session_id": "wrk-'
+local prefix = '{"model": "%(model)s", "max_tokens": %(tokens)d, "stream": %(stream)s, "session_id": "wrk-%(run)s-'
 local suffix = '", "messages": [{"role": "user", "content": "What is the capital of France?"}]}'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer %(key)s"
 request = function()
   counter = counter + 1
-  return wrk.format(nil, nil, nil, prefix .. tostring(math.random(1, 1e9)) .. "-" .. counter .. suffix)
+  return wrk.format(nil, nil, nil, prefix .. counter .. suffix)
 end
 """
 
@@ -54,6 +55,14 @@ def parse_wrk(output: str) -> dict[str, float]:
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     figures["errors"] = float(errors.group(1)) if errors else 0.0
     return figures
+
+
+def _script(path: Path, stream: bool, api_key: str) -> Path:
+    """wrk's script for one run: every request a session of its own, named after the run (a
+    session of an earlier run would come with its turns, and past the window with recall)."""
+    fields = {"model": MODEL, "tokens": TOKENS, "stream": str(stream).lower(), "key": api_key}
+    path.write_text(_LUA % {**fields, "run": uuid.uuid4().hex[:12]})
+    return path
 
 
 def _wrk(url: str, script: Path, connections: int, seconds: int, case: str = "") -> dict[str, float]:
@@ -98,13 +107,8 @@ async def _relay(url: str, api_key: str, streams: int) -> float:
 def run(ctx: Context) -> Report:
     seconds = 4 if ctx.quick else 10
     rows: list[Row] = []
-    scripts = {}
     with llmmesh_stack(ctx.out_dir / "stack-hops", ctx.port_offset, LLMMESH_INFERENCE_BACKEND="instant") as stack:
         base, key = stack.settings.public_url, stack.api_key
-        for stream in (False, True):
-            path = ctx.out_dir / f"wrk-{'stream' if stream else 'json'}.lua"
-            path.write_text(_LUA % {"model": MODEL, "tokens": TOKENS, "stream": str(stream).lower(), "key": key})
-            scripts[stream] = path
         gateway = f"http://127.0.0.1:{8100 + ctx.port_offset}"
         meter = CpuMeter(stack.pid)
         for path_name, root in (("envoy", base), ("gateway-direct", gateway)):
@@ -113,8 +117,9 @@ def run(ctx: Context) -> Report:
                     if path_name == "gateway-direct" and connections != 16:
                         continue  # one point is enough to split Envoy's share off
                     case = f"{path_name} {'sse' if stream else 'json'} c={connections}"
+                    script = _script(ctx.out_dir / f"wrk-{case.replace(' ', '-')}.lua", stream, key)
                     with meter.measure() as spent:
-                        figures = _wrk(f"{root}/v1/chat/completions", scripts[stream], connections, seconds, case)
+                        figures = _wrk(f"{root}/v1/chat/completions", script, connections, seconds, case)
                     rows.append(Row(case, figures, {"tokens": TOKENS, "seconds": seconds}))
                     if connections == 16:
                         per_request = {

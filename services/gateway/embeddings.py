@@ -78,7 +78,7 @@ def create_router(
                 f"`{body.model}` has {reply.dimensions} dimensions and cannot shorten them to {body.dimensions}.",
                 "dimensions",
             )
-        await usage.record(caller_, body.model, reply.prompt_tokens, 0)
+        usage.record(caller_, body.model, reply.prompt_tokens, 0)
         return {
             "object": "list",
             "data": [

@@ -260,8 +260,11 @@ class Limiter:
                     completion += event.tokens
                 elif isinstance(event, Done):
                     # Settled before the client sees the end: its next request finds the room.
+                    # Without a slot or tokens to give back, settling awaits nothing (the usage
+                    # record is written behind): no task to shield it.
                     prompt, completion = event.prompt_tokens, event.completion_tokens
-                    await _to_the_end(admission.settle(prompt, completion, model))
+                    settling = admission.settle(prompt, completion, model)
+                    await (_to_the_end(settling) if admission.holds else settling)
                 yield event
         finally:
             await _to_the_end(_close(events), admission.settle(prompt, completion, model))
@@ -308,6 +311,11 @@ class Admission:
         self._retry_after_s = WINDOW_S
         self._renewal: asyncio.Task[None] | None = None
         self._settled = False
+
+    @property
+    def holds(self) -> bool:
+        """Settling has Redis work to do: a concurrency slot to free, tokens to give back."""
+        return self._renewal is not None or (self._reserved and bool(self.limits.tpm))
 
     @property
     def granted(self) -> int:
@@ -412,7 +420,7 @@ class Admission:
             return
         if self.limits.tpm:
             await _logged("refund", self._settle_tokens(prompt_tokens + completion_tokens))
-        await self._usage.record(self.caller, model or self.model, prompt_tokens, completion_tokens)
+        self._usage.record(self.caller, model or self.model, prompt_tokens, completion_tokens)
 
 
 async def _logged(step: str, work: Awaitable[object]) -> None:

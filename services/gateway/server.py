@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 import uvicorn
@@ -17,6 +18,8 @@ from services.gateway.limits import Limiter
 from services.gateway.pipeline import ChatPipeline
 from services.gateway.servicer import ChatServicer
 from services.gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
 
@@ -69,6 +72,8 @@ async def main() -> None:
 
     async def shutdown() -> None:
         await pipeline.close()
+        if not await limiter.usage.written(settings.shutdown_grace_s):
+            log.warning("usage records not written at shutdown", extra={"records": limiter.usage.pending})
         await keys.close()
 
     await serve(spec, settings, startup=startup, shutdown=shutdown)

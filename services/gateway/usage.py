@@ -4,14 +4,26 @@ shows a caller its own key's or its own tenant's figures, never anyone else's.
 
 A day of one key (or tenant) is one hash, ``llmmesh:usage:<key|tenant>:<id>:<YYYY-MM-DD>``, with
 a field per figure and model (``prompt_tokens:<model>``, ``completion_tokens:<model>``,
-``requests:<model>``), so a finished request is one MULTI of HINCRBYs and a day is read with one
-HGETALL. The hashes expire `retention_days` after their last write.
+``requests:<model>``), read with one HGETALL. The hashes expire `retention_days` after their
+last write.
+
+Records are written behind the answer, by group commit: a finished request adds its figures to
+the replica's pending counts and the client has its answer at once; one writer task sends what
+is pending in one script call (atomic), and what arrives meanwhile goes in the next call. At
+one request at a time every record is written on its own, right after its answer; under load
+many requests share one Redis round trip. A read of usage waits until what this replica has
+counted before it is written (a client reads its own usage right after a reply and finds it);
+another replica's records are at most one round trip behind. When Redis cannot be reached the
+counts stay pending and are written once it is back; on shutdown the gateway writes them before
+it exits (bounded by its grace period).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,6 +39,8 @@ log = logging.getLogger(__name__)
 _PREFIX = "llmmesh:usage:"
 FIGURES = ("prompt_tokens", "completion_tokens", "requests")
 DEFAULT_DAYS = 7
+# How long a read of usage waits for this replica's records to be written.
+READ_WAIT_S = 2.0
 MAX_DAYS = 400
 
 Scope = Literal["key", "tenant"]
@@ -50,29 +64,100 @@ def today() -> dt.date:
     return dt.datetime.now(dt.UTC).date()
 
 
+# KEYS: the day hashes. ARGV[1]: their lifetime (s), then per hash: how many fields, and that
+# many (field, increment) pairs.
+_RECORD = """
+local ttl, at = tonumber(ARGV[1]), 2
+for _, key in ipairs(KEYS) do
+  local fields = tonumber(ARGV[at])
+  for i = 1, fields do
+    redis.call('HINCRBY', key, ARGV[at + 2 * i - 1], ARGV[at + 2 * i])
+  end
+  redis.call('EXPIRE', key, ttl)
+  at = at + 1 + 2 * fields
+end
+return #KEYS
+"""
+
+# Between two tries to write while Redis cannot be reached.
+RETRY_S = (0.1, 2.0)
+
+
 class UsageStore:
     def __init__(self, client: redis.Redis, retention_days: int) -> None:
         self._redis = client
         self._retention_s = retention_days * 86400
+        self._script = client.register_script(_RECORD)
+        # (day hash, field) -> increment, counted and not yet written.
+        self._pending: Counter[tuple[str, str]] = Counter()
+        # Records counted so far, and how many of them are written (in order: a batch holds
+        # every record counted before it was taken).
+        self._counted = 0
+        self._written = 0
+        self._writer: asyncio.Task[None] | None = None
+        self._progress = asyncio.Condition()
 
-    async def record(self, caller: Caller, model: str, prompt_tokens: int, completion_tokens: int) -> None:
-        """Counts one request, under its tenant and (when it came with one) its key. Counted
-        once the answer is made: a Redis outage is logged, never the client's failure."""
+    def record(self, caller: Caller, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """Counts one request, under its tenant and (when it came with one) its key. Counted once
+        the answer is made and written behind it (see the module's docstring): never the
+        client's wait, never its failure."""
         figures = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "requests": 1}
         day = today()
         owners: list[tuple[Scope, str]] = [("tenant", caller.tenant)]
         if caller.key_id:
             owners.append(("key", caller.key_id))
+        for scope, owner in owners:
+            record = _record_key(scope, owner, day)
+            for figure, value in figures.items():
+                self._pending[record, f"{figure}:{model}"] += value
+        self._counted += 1
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write())
+
+    async def _write(self) -> None:
+        """Writes what is pending, batch after batch, until nothing is; retries while Redis is away."""
+        failures = 0
+        while self._pending:
+            batch, upto = self._pending, self._counted
+            self._pending = Counter()
+            try:
+                await self._send(batch)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self._pending.update(batch)  # kept, in front of nothing: counts only add
+                failures += 1
+                if failures == 1:
+                    log.warning("usage not written yet; retrying", extra={"error": type(exc).__name__})
+                await asyncio.sleep(min(RETRY_S[0] * 2 ** (failures - 1), RETRY_S[1]))
+                continue
+            failures = 0
+            async with self._progress:
+                self._written = upto
+                self._progress.notify_all()
+
+    async def _send(self, batch: Counter[tuple[str, str]]) -> None:
+        by_hash: dict[str, list[str | int]] = {}
+        for (record, field), value in batch.items():
+            by_hash.setdefault(record, []).extend((field, value))
+        args: list[str | int] = [self._retention_s]
+        for pairs in by_hash.values():
+            args += [len(pairs) // 2, *pairs]
+        await self._script(keys=list(by_hash), args=args)
+
+    @property
+    def pending(self) -> int:
+        """Records counted and not yet written."""
+        return self._counted - self._written
+
+    async def written(self, timeout_s: float) -> bool:
+        """Waits until every record counted before the call is written (at most `timeout_s`);
+        False when they are not by then (Redis unreachable)."""
+        wanted = self._counted
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for scope, owner in owners:
-                    record = _record_key(scope, owner, day)
-                    for figure, value in figures.items():
-                        pipe.hincrby(record, f"{figure}:{model}", value)
-                    pipe.expire(record, self._retention_s)
-                await pipe.execute()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            log.warning("usage not recorded", extra={"key_id": caller.key_id, "error": type(exc).__name__})
+            async with asyncio.timeout(timeout_s), self._progress:
+                await self._progress.wait_for(lambda: self._written >= wanted)
+        except TimeoutError:
+            return False
+        return True
 
     async def read(self, scope: Scope, owner: str, days: list[dt.date]) -> dict[dt.date, list[Usage]]:
         """Each day's usage by model (models in name order; a day without any: empty)."""
@@ -155,6 +240,8 @@ def create_router(store: UsageStore, caller: Callable[..., Awaitable[Caller]]) -
             raise APIError.invalid("This request has no API key: ask for scope=tenant.", "scope")
         owner = caller_.key_id if scope == "key" else caller_.tenant
         wanted = _days(start_date, end_date, days)
+        # This replica's own records first: a client reads its usage right after its replies.
+        await store.written(READ_WAIT_S)
         found = await store.read(scope, owner, wanted)
         return {
             "object": "list",

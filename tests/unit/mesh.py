@@ -33,6 +33,7 @@ from services.gateway.limits import Limiter
 from services.gateway.pipeline import ChatPipeline
 from services.gateway.server import HttpServer
 from services.gateway.settings import GatewaySettings
+from services.gateway.usage import UsageStore
 from services.inference.backends.config import BackendConfig
 from services.inference.backends.cooldown import Cooldowns
 from services.inference.backends.registry import BackendRegistry, external_backend
@@ -109,6 +110,8 @@ class Mesh:
     indexer: Indexer
     pipeline: ChatPipeline
     core: MemoryCore
+    # The gateway's usage records (written behind the answers).
+    usage: UsageStore
     indexer_running: bool = True
 
     async def chat(self, content: str, **body: Any) -> httpx.Response:
@@ -253,7 +256,9 @@ async def in_process_mesh(
         stack.push_async_callback(http.aclose)
         with contextlib.suppress(redis.ConnectionError):  # the Redis-down test has none
             await store.ensure_queue()
-        mesh = Mesh(http, backend, store, vectors, indexer, pipeline, core, indexer_running=options.indexer)
+        mesh = Mesh(
+            http, backend, store, vectors, indexer, pipeline, core, limiter.usage, indexer_running=options.indexer
+        )
         task = asyncio.create_task(indexer.run()) if options.indexer else None
         try:
             yield mesh

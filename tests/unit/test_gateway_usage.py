@@ -3,15 +3,23 @@ UTC day and model; a caller reads its own key's or its own tenant's usage, nobod
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+import redis.asyncio as aioredis
 from openai.types.chat import ChatCompletionMessageParam
 
-from services.gateway.keys import KeyStore
+from services.gateway.auth import Caller
+from services.gateway.keys import KeyInfo, KeyStore, connect
+from services.gateway.usage import UsageStore
+from tests.unit.conftest import valkey_server
+from tests.unit.helpers import free_port
 from tests.unit.mesh import MODEL, Mesh
 
 HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
@@ -159,3 +167,98 @@ async def test_bad_queries_are_400_naming_the_param(mesh: Mesh, params: dict[str
     assert response.status_code == 400
     error = response.json()["error"]
     assert (error["type"], error["param"]) == ("invalid_request_error", param)
+
+
+class CountedWrites(UsageStore):
+    """A usage store that counts its writes to Redis, and can hold each one back for a while
+    (a test double around the real store and the real server)."""
+
+    def __init__(self, client: aioredis.Redis, delay_s: float = 0.0) -> None:
+        super().__init__(client, retention_days=1)
+        self.writes: list[int] = []  # hash fields in each write
+        self.delay_s = delay_s
+
+    async def _send(self, batch: Counter[tuple[str, str]]) -> None:
+        self.writes.append(len(batch))
+        await asyncio.sleep(self.delay_s)
+        await super()._send(batch)
+
+
+def caller_of(tenant: str) -> Caller:
+    return Caller(tenant, KeyInfo(id=f"key_{tenant}", tenant=tenant))
+
+
+async def day_of(redis_client: aioredis.Redis, scope: str, owner: str) -> dict[str, str]:
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    found: dict[str, str] = await redis_client.hgetall(f"llmmesh:usage:{scope}:{owner}:{today}")  # type: ignore[assignment]
+    return found
+
+
+async def test_records_counted_while_a_write_runs_share_the_next_one(
+    valkey_url: str, redis_client: aioredis.Redis, tenant: str
+) -> None:
+    client = connect(valkey_url)
+    store = CountedWrites(client, delay_s=0.2)
+    caller = caller_of(tenant)
+    try:
+        store.record(caller, MODEL, 10, 1)  # written on its own, at once
+        await asyncio.sleep(0.05)  # that write is under way
+        for n in range(20):
+            store.record(caller, MODEL, 10, n)
+        assert store.pending == 21
+        assert await store.written(5.0)
+    finally:
+        await client.aclose()
+
+    assert store.pending == 0
+    # 6 fields a request (3 figures, for the tenant and for the key): the first request's,
+    # then the 20 that came during its write, together.
+    assert store.writes == [6, 6]
+    for scope, owner in (("tenant", tenant), ("key", f"key_{tenant}")):
+        assert await day_of(redis_client, scope, owner) == {
+            f"prompt_tokens:{MODEL}": "210",
+            f"completion_tokens:{MODEL}": str(1 + sum(range(20))),
+            f"requests:{MODEL}": "21",
+        }
+    assert 0 < await redis_client.ttl(f"llmmesh:usage:key:key_{tenant}:{dt.datetime.now(dt.UTC).date()}") <= 86400
+
+
+async def test_records_wait_for_redis_and_are_written_once_it_is_back(tmp_path: Path, tenant: str) -> None:
+    port = free_port()
+    client = connect(f"redis://127.0.0.1:{port}/0", timeout_s=0.5)
+    store = UsageStore(client, retention_days=1)
+    try:
+        store.record(caller_of(tenant), MODEL, 7, 3)
+        store.record(Caller(tenant), MODEL, 1, 1)  # keyless: its tenant only
+        assert not await store.written(0.5)  # nothing listens on the port
+        assert store.pending == 2
+
+        with valkey_server(tmp_path, port) as url:
+            assert await store.written(10.0)
+            assert store.pending == 0
+            raw = aioredis.Redis.from_url(url, decode_responses=True)
+            try:
+                assert (await day_of(raw, "tenant", tenant))[f"prompt_tokens:{MODEL}"] == "8"
+                assert (await day_of(raw, "key", f"key_{tenant}"))[f"requests:{MODEL}"] == "1"
+            finally:
+                await raw.aclose()
+    finally:
+        await client.aclose()
+
+
+async def test_a_read_finds_the_replies_before_it_even_when_their_records_are_slow(
+    mesh: Mesh, valkey_url: str, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = await make_key(valkey_url, tenant)
+    real_send = mesh.usage._send
+
+    async def slow_send(batch: Counter[tuple[str, str]]) -> None:
+        await asyncio.sleep(0.3)
+        await real_send(batch)
+
+    monkeypatch.setattr(mesh.usage, "_send", slow_send)
+    for _ in range(3):
+        await chat(mesh, key)
+    assert mesh.usage.pending > 0  # the replies did not wait for their records
+
+    assert (await usage(mesh, key))["totals"]["requests"] == 3
