@@ -216,6 +216,7 @@ async def in_process_mesh(
         keys = KeyStore(shared)
         auth = Authenticator(settings, keys)
         limiter = Limiter(settings, shared)
+        stack.push_async_callback(limiter.usage.written, 2.0)  # as the gateway does at shutdown
         await auth.seed()
         stack.push_async_callback(pipeline.close)
         stack.push_async_callback(embed_channel.close)
