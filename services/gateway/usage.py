@@ -9,7 +9,7 @@ last write.
 
 Records are written behind the answer, by group commit: a finished request adds its figures to
 the replica's pending counts and the client has its answer at once; one writer task sends what
-is pending in one script call (atomic), and what arrives meanwhile goes in the next call. At
+is pending in one script call, and what arrives meanwhile goes in the next call. At
 one request at a time every record is written on its own, right after its answer; under load
 many requests share one Redis round trip. A read of usage waits until what this replica has
 counted before it is written (a client reads its own usage right after a reply and finds it);
@@ -123,12 +123,15 @@ class UsageStore:
             try:
                 await self._send(batch)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                self._pending.update(batch)  # kept, in front of nothing: counts only add
+                self._pending.update(batch)  # kept for the next try (counts only add: order does not matter)
                 failures += 1
                 if failures == 1:
                     log.warning("usage not written yet; retrying", extra={"error": type(exc).__name__})
                 await asyncio.sleep(min(RETRY_S[0] * 2 ** (failures - 1), RETRY_S[1]))
                 continue
+            except redis.RedisError as exc:
+                # Refused by the server (not a network failure): trying again would be refused too.
+                log.error("usage not written", extra={"error": str(exc), "fields": len(batch)})
             failures = 0
             async with self._progress:
                 self._written = upto

@@ -246,6 +246,25 @@ async def test_records_wait_for_redis_and_are_written_once_it_is_back(tmp_path: 
         await client.aclose()
 
 
+async def test_a_write_the_server_refuses_is_logged_and_the_next_ones_go_on(
+    valkey_url: str, redis_client: aioredis.Redis, tenant: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    await redis_client.set(f"llmmesh:usage:tenant:{tenant}:{today}", "not a hash")  # WRONGTYPE for HINCRBY
+    client = connect(valkey_url)
+    store = UsageStore(client, retention_days=1)
+    try:
+        store.record(Caller(tenant), MODEL, 5, 5)
+        assert await store.written(5.0)  # given up on, not waited for forever
+        store.record(Caller(tenant + "-b"), MODEL, 2, 3)
+        assert await store.written(5.0)
+    finally:
+        await client.aclose()
+
+    assert any(r.message == "usage not written" for r in caplog.records)
+    assert (await day_of(redis_client, "tenant", tenant + "-b"))[f"completion_tokens:{MODEL}"] == "3"
+
+
 async def test_a_read_finds_the_replies_before_it_even_when_their_records_are_slow(
     mesh: Mesh, valkey_url: str, tenant: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
