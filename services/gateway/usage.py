@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import prometheus_client
 import redis.asyncio as redis
 from fastapi import APIRouter, Depends, Query
 
@@ -82,6 +83,15 @@ return #KEYS
 # Between two tries to write while Redis cannot be reached.
 RETRY_S = (0.1, 2.0)
 
+WRITES = prometheus_client.Counter(
+    "llmmesh_gateway_usage_writes_total",
+    "Writes of usage records to Redis, by outcome (written; retried: Redis unreachable; dropped: refused).",
+    ["outcome"],
+)
+PENDING = prometheus_client.Gauge(
+    "llmmesh_gateway_usage_pending_records", "Usage records counted and not yet written (grows while Redis is away)."
+)
+
 
 class UsageStore:
     def __init__(self, client: redis.Redis, retention_days: int) -> None:
@@ -111,6 +121,7 @@ class UsageStore:
             for figure, value in figures.items():
                 self._pending[record, f"{figure}:{model}"] += value
         self._counted += 1
+        PENDING.set(self.pending)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write())
 
@@ -125,6 +136,7 @@ class UsageStore:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self._pending.update(batch)  # kept for the next try (counts only add: order does not matter)
                 failures += 1
+                WRITES.labels("retried").inc()
                 if failures == 1:
                     log.warning("usage not written yet; retrying", extra={"error": type(exc).__name__})
                 await asyncio.sleep(min(RETRY_S[0] * 2 ** (failures - 1), RETRY_S[1]))
@@ -132,10 +144,14 @@ class UsageStore:
             except redis.RedisError as exc:
                 # Refused by the server (not a network failure): trying again would be refused too.
                 log.error("usage not written", extra={"error": str(exc), "fields": len(batch)})
+                WRITES.labels("dropped").inc()
+            else:
+                WRITES.labels("written").inc()
             failures = 0
             async with self._progress:
                 self._written = upto
                 self._progress.notify_all()
+            PENDING.set(self.pending)
 
     async def _send(self, batch: Counter[tuple[str, str]]) -> None:
         by_hash: dict[str, list[str | int]] = {}

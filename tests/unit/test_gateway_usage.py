@@ -14,6 +14,7 @@ import openai
 import pytest
 import redis.asyncio as aioredis
 from openai.types.chat import ChatCompletionMessageParam
+from prometheus_client import REGISTRY
 
 from services.gateway.auth import Caller
 from services.gateway.keys import KeyInfo, KeyStore, connect
@@ -232,10 +233,12 @@ async def test_records_wait_for_redis_and_are_written_once_it_is_back(tmp_path: 
         store.record(Caller(tenant), MODEL, 1, 1)  # keyless: its tenant only
         assert not await store.written(0.5)  # nothing listens on the port
         assert store.pending == 2
+        assert REGISTRY.get_sample_value("llmmesh_gateway_usage_pending_records") == 2
 
         with valkey_server(tmp_path, port) as url:
             assert await store.written(10.0)
             assert store.pending == 0
+            assert REGISTRY.get_sample_value("llmmesh_gateway_usage_pending_records") == 0
             raw = aioredis.Redis.from_url(url, decode_responses=True)
             try:
                 assert (await day_of(raw, "tenant", tenant))[f"prompt_tokens:{MODEL}"] == "8"
@@ -251,6 +254,7 @@ async def test_a_write_the_server_refuses_is_logged_and_the_next_ones_go_on(
 ) -> None:
     today = dt.datetime.now(dt.UTC).date().isoformat()
     await redis_client.set(f"llmmesh:usage:tenant:{tenant}:{today}", "not a hash")  # WRONGTYPE for HINCRBY
+    dropped = REGISTRY.get_sample_value("llmmesh_gateway_usage_writes_total", {"outcome": "dropped"}) or 0.0
     client = connect(valkey_url)
     store = UsageStore(client, retention_days=1)
     try:
@@ -262,6 +266,7 @@ async def test_a_write_the_server_refuses_is_logged_and_the_next_ones_go_on(
         await client.aclose()
 
     assert any(r.message == "usage not written" for r in caplog.records)
+    assert REGISTRY.get_sample_value("llmmesh_gateway_usage_writes_total", {"outcome": "dropped"}) == dropped + 1
     assert (await day_of(redis_client, "tenant", tenant + "-b"))[f"completion_tokens:{MODEL}"] == "3"
 
 
