@@ -65,15 +65,14 @@ def _script(path: Path, stream: bool, api_key: str) -> Path:
     return path
 
 
-def _wrk(url: str, script: Path, connections: int, seconds: int, case: str = "") -> dict[str, float]:
+def _wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, float]:
     """One wrk run; its raw output is kept next to the script (``wrk-<case>.txt``)."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise RuntimeError("wrk is not installed (make bench installs it with apt-get)")
     cmd = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
-    if case:
-        (script.parent / f"wrk-{case.replace(' ', '-')}.txt").write_text(out)
+    script.with_suffix(".txt").write_text(out)
     return parse_wrk(out)
 
 
@@ -119,7 +118,7 @@ def run(ctx: Context) -> Report:
                     case = f"{path_name} {'sse' if stream else 'json'} c={connections}"
                     script = _script(ctx.out_dir / f"wrk-{case.replace(' ', '-')}.lua", stream, key)
                     with meter.measure() as spent:
-                        figures = _wrk(f"{root}/v1/chat/completions", script, connections, seconds, case)
+                        figures = _wrk(f"{root}/v1/chat/completions", script, connections, seconds)
                     rows.append(Row(case, figures, {"tokens": TOKENS, "seconds": seconds}))
                     if connections == 16:
                         per_request = {
