@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from services.common.context import REQUEST_ID_HEADER, new_request_id, request_id_var
+from services.common.context import REQUEST_ID_HEADER, accepted_request_id, request_id_var
 from services.common.errors import INTERNAL_MESSAGE, MeshError, to_status
 from services.common.metrics import RPC_HANDLED, RPC_LATENCY
 
@@ -22,8 +22,8 @@ Behavior = Callable[..., Any]
 def _request_id(metadata: Any) -> str:
     for key, value in metadata or ():
         if key == REQUEST_ID_HEADER:
-            return str(value)
-    return new_request_id()
+            return accepted_request_id(value)
+    return accepted_request_id(None)
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):

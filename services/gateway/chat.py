@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -90,7 +91,7 @@ class _Completion:
     def __init__(self, turn: ChatTurn, body: ChatCompletionRequest) -> None:
         self.turn = turn
         self.body = body
-        self.id = f"chatcmpl-{turn.request_id}"
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"  # the server's own: a request id may repeat
         self.created = int(time.time())
 
     def _envelope(self, obj: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -122,7 +123,7 @@ def create_router(pipeline: ChatPipeline, caller: Callable[..., Awaitable[Caller
             )
             for i, p in enumerate(body.prompts())
         ]
-        completion = _Completion(body, request_id, [t.prompt for t in turns])
+        completion = _Completion(body, [t.prompt for t in turns])
         streams = [limiter.limit(caller_, t, pipeline.run(t)) for t in turns]
         # Every generation is accepted before anything is sent: a bad request is a plain error.
         firsts = await unless_disconnected(request, asyncio.gather(*(first_event(s) for s in streams)))
@@ -174,9 +175,9 @@ async def _merge(streams: list[AsyncIterator[Any]], n: int) -> AsyncIterator[tup
 
 
 class _Completion:
-    def __init__(self, body: CompletionRequest, request_id: str, prompts: list[str]) -> None:
+    def __init__(self, body: CompletionRequest, prompts: list[str]) -> None:
         self.body = body
-        self.id = f"cmpl-{request_id}"
+        self.id = f"cmpl-{uuid.uuid4().hex}"  # the server's own: a request id may repeat
         self.created = int(time.time())
         self.choices = len(prompts) * body.n
         # Echo: each choice starts with its prompt (text prompts; token prompts echo nothing).

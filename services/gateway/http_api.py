@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common.context import REQUEST_ID_HEADER, new_request_id, request_id_var
+from services.common.context import REQUEST_ID_HEADER, accepted_request_id, request_id_var
 from services.common.errors import MeshError
 from services.gateway import chat, completions, embeddings, models, openapi, sessions, usage
 from services.gateway.auth import Authenticator, Caller
@@ -66,7 +66,7 @@ _REQUEST_ID_HEADER = REQUEST_ID_HEADER.encode()
 
 
 class RequestContextMiddleware:
-    """Request id in (or made) and out, and a request counter. Plain ASGI: Starlette's
+    """Request id in (checked, or made) and out, and a request counter. Plain ASGI: Starlette's
     BaseHTTPMiddleware would pipe every streamed chunk through an extra task and stream."""
 
     def __init__(self, app: ASGIApp) -> None:
@@ -76,8 +76,8 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(_REQUEST_ID_HEADER)
-        request_id = incoming.decode("latin-1") if incoming else new_request_id()
+        # A client's id that is not safe to log and pass on is replaced (context.py).
+        request_id = accepted_request_id(dict(scope["headers"]).get(_REQUEST_ID_HEADER))
         request_id_var.set(request_id)
         status = 500
 

@@ -1,0 +1,56 @@
+"""The conventions OpenAI clients rely on, through the in-process mesh: request and response
+ids, the auth headers, cached tokens in usage, the model list, rate-limit headers, CORS."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.mesh import MODEL, Mesh
+
+# -- request ids and response ids
+
+
+async def test_response_ids_are_the_servers_own_and_unique(mesh: Mesh) -> None:
+    headers = {"x-request-id": "fixed-1"}
+    payload = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    first = await mesh.http.post("/v1/chat/completions", json=payload, headers=headers)
+    second = await mesh.http.post("/v1/chat/completions", json=payload, headers=headers)
+    completion = await mesh.http.post(
+        "/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 1}, headers=headers
+    )
+
+    assert first.status_code == second.status_code == completion.status_code == 200
+    # The request id is the client's (logs, tracing); the response ids are not.
+    assert first.headers["x-request-id"] == "fixed-1"
+    ids = [first.json()["id"], second.json()["id"], completion.json()["id"]]
+    assert len(set(ids)) == 3
+    assert all("fixed-1" not in id_ for id_ in ids)
+    assert ids[0].startswith("chatcmpl-")
+    assert ids[2].startswith("cmpl-")
+
+
+@pytest.mark.parametrize(
+    "incoming",
+    ["x" * 5000, "caf\u00e9-1".encode().decode("latin-1"), "has space", "semi;colon", ""],
+    ids=["too-long", "non-ascii", "space", "semicolon", "empty"],
+)
+async def test_an_unsafe_request_id_is_replaced_not_a_500(mesh: Mesh, incoming: str) -> None:
+    response = await mesh.http.post(
+        "/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
+        headers=[("x-request-id", incoming.encode("latin-1"))],
+    )
+
+    assert response.status_code == 200
+    replaced = response.headers["x-request-id"]
+    assert replaced != incoming
+    assert len(replaced) == 32
+    assert replaced.isalnum()
+    assert len(response.json()["id"]) < 64
+
+
+async def test_a_safe_request_id_is_kept(mesh: Mesh) -> None:
+    incoming = "trace:Ab-9_x." + "z" * 100
+    response = await mesh.http.get("/healthz", headers={"x-request-id": incoming})
+
+    assert response.headers["x-request-id"] == incoming
