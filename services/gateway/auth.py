@@ -1,10 +1,11 @@
-"""Who is calling: a Bearer API key (HTTP `Authorization` header, or gRPC `authorization`
-metadata) resolved to its tenant. Every tenant-scoped call takes the tenant from here, never
-from the request body."""
+"""Who is calling: an API key (HTTP `Authorization: Bearer`, or `x-api-key` as Anthropic's SDK
+sends it, or `api-key` as Azure OpenAI's does; gRPC `authorization` metadata) resolved to its
+tenant. Every tenant-scoped call takes the tenant from here, never from the request body."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -33,6 +34,19 @@ def bearer_token(authorization: str | None) -> str:
         return ""
     scheme, _, token = authorization.strip().partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
+
+
+# Where else a REST request may carry its key, when it has no Bearer one: Anthropic's, Azure's.
+API_KEY_HEADERS = ("x-api-key", "api-key")
+
+
+def presented_key(headers: Mapping[str, str]) -> str:
+    """The API key of a REST request (header names in lower case): the Bearer token, else the
+    first of API_KEY_HEADERS that is set; "" when there is none."""
+    token = bearer_token(headers.get("authorization"))
+    for name in API_KEY_HEADERS:
+        token = token or headers.get(name, "").strip()
+    return token
 
 
 @dataclass(frozen=True)
@@ -67,9 +81,15 @@ class Authenticator:
         return (await self.caller(authorization)).tenant
 
     async def caller(self, authorization: str | None) -> Caller:
+        return await self.caller_of_key(bearer_token(authorization))
+
+    async def request_caller(self, headers: Mapping[str, str]) -> Caller:
+        """The caller of a REST request, whichever header carries its key."""
+        return await self.caller_of_key(presented_key(headers))
+
+    async def caller_of_key(self, token: str) -> Caller:
         """The caller. Without required keys, a request with no key is the default tenant's;
         a key that is given is always checked."""
-        token = bearer_token(authorization)
         if not token:
             if self._settings.require_api_key:
                 raise _unauthenticated(_MISSING)

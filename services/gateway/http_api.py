@@ -152,7 +152,7 @@ def create_app(
 
     async def caller(request: Request) -> Caller:
         """Who calls, from the API key (401 without a valid one)."""
-        return await auth.caller(request.headers.get("authorization"))
+        return await auth.request_caller(request.headers)
 
     async def tenant(caller_: Caller = Depends(caller)) -> str:
         return caller_.tenant

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.mesh import MODEL, Mesh
+from tests.unit.mesh import API_KEY, MODEL, Mesh
 
 # -- request ids and response ids
 
@@ -54,3 +54,25 @@ async def test_a_safe_request_id_is_kept(mesh: Mesh) -> None:
     response = await mesh.http.get("/healthz", headers={"x-request-id": incoming})
 
     assert response.headers["x-request-id"] == incoming
+
+
+# -- the auth headers
+
+
+@pytest.mark.parametrize("header", ["x-api-key", "api-key"])
+async def test_the_key_may_come_in_x_api_key_or_api_key(mesh: Mesh, header: str) -> None:
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    good = {"Authorization": "", header: API_KEY}
+    wrong = {"Authorization": "", header: "llm-not-a-key"}
+
+    assert (await mesh.http.get("/v1/models", headers=good)).status_code == 200
+    assert (await mesh.http.post("/v1/chat/completions", json=chat, headers=good)).status_code == 200
+    refused = await mesh.http.get("/v1/models", headers=wrong)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "invalid_api_key"
+
+
+async def test_a_bearer_key_comes_first(mesh: Mesh) -> None:
+    response = await mesh.http.get("/v1/models", headers={"x-api-key": "llm-not-a-key"})
+
+    assert response.status_code == 200  # the client's default Authorization: Bearer API_KEY
