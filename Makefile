@@ -43,11 +43,12 @@ proto: $(STAMP) ## Regenerate the Python gRPC stubs from protos/ and lint the pr
 run: setup ## Start the whole mesh locally (Redis, memory, router, inference, gateway, Envoy)
 	$(PY) -m services.stack
 
-lint: setup ## buf lint, ruff (lint + format check), mypy
+lint: setup ## buf lint, ruff (lint + format check), mypy, the import contracts (pyproject.toml)
 	cd protos && ../$(BIN)/buf lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy services tests scripts examples bench deploy/k8s/render.py
+	$(BIN)/lint-imports
 
 fmt: setup ## Format and auto-fix
 	$(BIN)/ruff format .

@@ -11,7 +11,7 @@ from llmmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.common.channels import insecure_channel
 from services.common.server import ServiceSpec, running_server
 from services.common.settings import ServiceSettings
-from services.inference.engine import Backend
+from services.inference.domain import Backend
 from services.inference.servicer import InferenceServicer
 from tests.unit.helpers import free_port
 

@@ -23,7 +23,7 @@ from services.cli.output import say as _say
 from services.cli.output import table
 from services.cli.output import utc as _utc
 from services.cli.settings import DEFAULT_REDIS_URL, CliSettings
-from services.gateway.keys import KeyInfo, KeyLimits, KeyStore
+from services.common.keys import KeyInfo, KeyLimits, KeyStore
 
 REDIS_TIMEOUT_S = 5.0
 

@@ -12,7 +12,7 @@ import grpc
 import redis.asyncio as redis
 
 from services.common.errors import MeshError
-from services.gateway.keys import KeyInfo, KeyStore, parse_seed
+from services.common.keys import KeyInfo, KeyStore, parse_seed
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)

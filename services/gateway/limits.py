@@ -52,9 +52,9 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
 from services.common.errors import MeshError
+from services.common.keys import KeyLimits
 from services.gateway.auth import Caller
 from services.gateway.errors import RateLimitError
-from services.gateway.keys import KeyLimits
 from services.gateway.pipeline import Accepted, ChatTurn, Delta, Done, Event
 from services.gateway.settings import GatewaySettings
 from services.gateway.usage import UsageStore

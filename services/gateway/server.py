@@ -9,11 +9,11 @@ from collections.abc import Iterator
 import uvicorn
 
 from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
+from services.common.keys import KeyStore, connect
 from services.common.server import ServiceSpec, Sidecar, serve
 from services.gateway.auth import Authenticator
 from services.gateway.clients import MeshClients
 from services.gateway.http_api import create_app
-from services.gateway.keys import KeyStore, connect
 from services.gateway.limits import Limiter
 from services.gateway.pipeline import ChatPipeline
 from services.gateway.servicer import ChatServicer

@@ -21,8 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from services.inference.engine import (
-    ChatTokenizer,
+from services.inference.domain import (
     ChoiceEnd,
     Delta,
     End,
@@ -34,10 +33,10 @@ from services.inference.engine import (
     TokenLogprob,
     context_length_error,
     fit_job,
-    plan_tools,
     unknown_model_error,
 )
-from services.inference.tools import ToolCalling, parse_tool_calls
+from services.inference.tokenizer import ChatTokenizer
+from services.inference.tools import ToolCalling, parse_tool_calls, plan_tools
 
 INSTANT_CONTEXT = 1 << 20
 
@@ -62,6 +61,8 @@ _YIELD_EVERY = 64
 class InstantBackend:
     """With `tokenizer`, prompts are counted (and trimmed) with a real model's tokenizer and
     chat template, so the fast test tier runs the same context fitting as the engine."""
+
+    kind = "instant"
 
     def __init__(
         self,

@@ -13,8 +13,9 @@ from services.common.server import ServiceSpec, serve
 from services.inference.backends.config import BackendConfigError, load_backends
 from services.inference.backends.cooldown import Cooldowns
 from services.inference.backends.registry import BackendRegistry, external_backend
+from services.inference.domain import Backend, PromptLimits
 from services.inference.embedder import Embedder
-from services.inference.engine import Backend, EnginePool, PromptLimits
+from services.inference.engine import EnginePool
 from services.inference.instant import InstantBackend, Pacing
 from services.inference.model_store import prepare_default_model
 from services.inference.servicer import InferenceServicer

@@ -26,8 +26,7 @@ from services.common.errors import InvalidArgumentError, MeshError
 from services.common.messages import defaulted_fields, merge_sampling, to_openai
 from services.inference.backends.cooldown import Cooldowns
 from services.inference.backends.registry import BackendRegistry, local_kind
-from services.inference.embedder import Embedder
-from services.inference.engine import (
+from services.inference.domain import (
     Backend,
     ChoiceEnd,
     Delta,
@@ -37,6 +36,7 @@ from services.inference.engine import (
     Started,
     parse_schema,
 )
+from services.inference.embedder import Embedder
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from services.common.errors import InvalidArgumentError
+from services.inference.domain import ChoiceEnd, Delta, GenerationJob, ToolCallPiece
 
 Message = dict[str, Any]
 
@@ -83,16 +84,6 @@ def _arguments(raw: Any) -> Any:
         except json.JSONDecodeError:
             return raw
     return raw
-
-
-@dataclass
-class ToolCallPiece:
-    """A piece of one tool call, in OpenAI's streaming shape (see inference.proto)."""
-
-    index: int
-    id: str = ""
-    name: str = ""
-    arguments: str = ""
 
 
 @dataclass
@@ -265,8 +256,6 @@ class ToolCalling:
 async def parse_tool_calls(plan: ToolPlan, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
     """The engine's events with each choice's text turned into content and tool-call pieces;
     a choice that called a tool (auto, required) finishes with ``tool_calls``."""
-    from services.inference.engine import ChoiceEnd, Delta
-
     outputs: dict[int, ChoiceToolOutput] = {}
     async for event in events:
         if isinstance(event, Delta):
@@ -285,3 +274,14 @@ async def parse_tool_calls(plan: ToolPlan, events: AsyncIterator[Any]) -> AsyncI
             yield ChoiceEnd(event.index, reason)
         else:
             yield event
+
+
+def plan_tools(tools: ToolCalling, job: GenerationJob) -> ToolPlan | None:
+    """The job's ToolPlan (None without tools); a forced choice constrains the output."""
+    plan = tools.plan(job.tools, job.tool_choice, job.tool_name, job.single_tool_call)
+    if plan is not None and plan.schema is not None:
+        if job.sampling.json_schema is not None or job.sampling.json_object:
+            raise InvalidArgumentError("response_format cannot be combined with a forced tool_choice", "tool_choice")
+        job.sampling.json_schema = plan.schema
+        job.sampling.compact_json = True
+    return plan

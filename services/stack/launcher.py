@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from services.gateway.keys import new_key
+from services.common.keys import new_key
 from services.stack.readiness import mesh_ready
 from services.stack.settings import StackSettings
 

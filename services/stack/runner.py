@@ -17,7 +17,7 @@ from pathlib import Path
 
 from honcho.manager import Manager
 
-from services.gateway.keys import new_key
+from services.common.keys import new_key
 from services.stack.readiness import Probe, grpc_serving, http_ok, mesh_ready, redis_pong, wait_ready
 from services.stack.settings import StackSettings
 

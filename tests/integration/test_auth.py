@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from services.gateway.keys import KeyStore
+from services.common.keys import KeyStore
 from tests.integration.conftest import MODEL, Stack
 
 pytestmark = pytest.mark.integration

@@ -27,7 +27,7 @@ from services.inference import sizing
 from services.inference.backends.config import BackendConfig
 from services.inference.backends.cooldown import Cooldowns
 from services.inference.backends.registry import BackendRegistry, external_backend
-from services.inference.engine import PromptLimits
+from services.inference.domain import PromptLimits
 from services.inference.instant import InstantBackend
 from services.inference.model_store import prepare_default_model
 from services.inference.settings import InferenceSettings

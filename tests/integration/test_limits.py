@@ -17,7 +17,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
 from llmmesh.common.v1 import chat_pb2 as common_pb2
-from services.gateway.keys import KeyLimits, KeyStore
+from services.common.keys import KeyLimits, KeyStore
 from tests.integration.conftest import MODEL, Stack
 
 pytestmark = pytest.mark.integration

@@ -106,9 +106,9 @@ def tenant() -> str:
 @pytest.fixture(scope="session")
 def smollm2_tokenizer() -> Any:
     """SmolLM2's own tokenizer and chat template (the embedded model, converted once)."""
-    from services.inference.engine import ChatTokenizer
     from services.inference.model_store import prepare_default_model
     from services.inference.settings import InferenceSettings
+    from services.inference.tokenizer import ChatTokenizer
 
     return ChatTokenizer(prepare_default_model(InferenceSettings().cache_dir))
 

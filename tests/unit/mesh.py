@@ -23,12 +23,12 @@ from llmmesh.inference.v1 import inference_pb2_grpc
 from llmmesh.memory.v1 import memory_pb2_grpc
 from llmmesh.router.v1 import router_pb2_grpc
 from services.common.channels import insecure_channel
+from services.common.keys import KeyStore, connect
 from services.common.server import ServiceSpec, running_server
 from services.common.settings import ServiceSettings
 from services.gateway.auth import Authenticator
 from services.gateway.clients import MeshClients
 from services.gateway.http_api import create_app
-from services.gateway.keys import KeyStore, connect
 from services.gateway.limits import Limiter
 from services.gateway.pipeline import ChatPipeline
 from services.gateway.server import HttpServer
@@ -37,10 +37,11 @@ from services.gateway.usage import UsageStore
 from services.inference.backends.config import BackendConfig
 from services.inference.backends.cooldown import Cooldowns
 from services.inference.backends.registry import BackendRegistry, external_backend
+from services.inference.domain import Backend, Delta, Event, GenerationJob, PromptLimits
 from services.inference.embedder import Embedder
-from services.inference.engine import Backend, ChatTokenizer, Delta, Event, GenerationJob, PromptLimits
 from services.inference.instant import InstantBackend
 from services.inference.servicer import InferenceServicer
+from services.inference.tokenizer import ChatTokenizer
 from services.memory.core import MemoryCore, RecallPolicy, dependency_unavailable
 from services.memory.embedding import RemoteEmbeddings
 from services.memory.indexer import Indexer

@@ -17,7 +17,7 @@ from services.common.errors import MeshError, from_rpc_error
 from services.inference.backends.config import BackendConfig
 from services.inference.backends.cooldown import Cooldowns
 from services.inference.backends.registry import BackendRegistry, external_backend
-from services.inference.engine import ChoiceEnd, Delta, End, Event, GenerationJob, PromptLimits, Sampling, Started
+from services.inference.domain import ChoiceEnd, Delta, End, Event, GenerationJob, PromptLimits, Sampling, Started
 from services.inference.instant import InstantBackend
 from tests.fault_server import FaultServer, fault_server
 from tests.inference_rpc import generate, serve_inference

@@ -13,7 +13,7 @@ from services.gateway.errors import APIError
 from services.inference.backends import anthropic, openai_compat
 from services.inference.backends.base import BackendUnavailableError, approx_tokens, fit_messages, status_error
 from services.inference.backends.config import BackendConfig
-from services.inference.engine import GenerationJob, PromptLimits, Sampling
+from services.inference.domain import GenerationJob, PromptLimits, Sampling
 
 COMPAT = BackendConfig(name="ollama", kind="openai-compatible", base_url="http://h/v1", models=["m"])
 CLAUDE = BackendConfig(name="claude", kind="anthropic", api_key_env="K", models=["m"])

@@ -16,7 +16,7 @@ from services.cli.chat import ChatOptions, ChatRepl, Command, parse_line
 from services.cli.client import ApiError, ChatChunk, MeshClient, chunk_of, parse_sse_line
 from services.cli.main import build_parser, main, resolve_settings
 from services.cli.settings import DEFAULT_BASE_URL, DEFAULT_REDIS_URL
-from services.gateway.keys import KeyLimits, KeyStore
+from services.common.keys import KeyLimits, KeyStore
 from tests.unit.helpers import free_port
 
 # -- arguments and settings

@@ -14,7 +14,7 @@ import yaml
 
 from services.inference.backends.config import BackendConfig
 from services.inference.embedder import Embedder
-from services.inference.engine import ChatTokenizer
+from services.inference.tokenizer import ChatTokenizer
 from services.router.settings import RouterSettings
 from tests.fault_server import FaultServer, fault_server
 from tests.unit.mesh import API_KEY, MODEL, Mesh, MeshOptions, in_process_mesh

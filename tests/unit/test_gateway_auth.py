@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from services.gateway.keys import KeyStore
+from services.common.keys import KeyStore
 from tests.unit.mesh import MODEL, OTHER_KEY, Mesh
 
 B = {"Authorization": f"Bearer {OTHER_KEY}"}

@@ -38,7 +38,7 @@ async def test_an_unsafe_request_id_is_replaced_not_a_500(mesh: Mesh, incoming: 
     response = await mesh.http.post(
         "/v1/chat/completions",
         json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
-        headers=[("x-request-id", incoming.encode("latin-1"))],
+        headers=[(b"x-request-id", incoming.encode("latin-1"))],
     )
 
     assert response.status_code == 200

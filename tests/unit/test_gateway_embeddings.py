@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from services.inference.embedder import Embedder
-from services.inference.engine import ChatTokenizer
+from services.inference.tokenizer import ChatTokenizer
 from tests.unit.mesh import API_KEY, MODEL, Mesh, MeshOptions, in_process_mesh
 
 EMBEDDING_MODEL = "all-minilm-l6-v2"

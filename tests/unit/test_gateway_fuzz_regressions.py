@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from services.inference.embedder import Embedder
-from services.inference.engine import ChatTokenizer
+from services.inference.tokenizer import ChatTokenizer
 from tests.unit.mesh import MODEL, Mesh, MeshOptions, in_process_mesh
 
 

@@ -9,10 +9,10 @@ from typing import Any, cast
 import pytest
 from fastapi.testclient import TestClient
 
+from services.common.keys import KeyStore, connect
 from services.gateway.auth import Authenticator
 from services.gateway.clients import MeshClients
 from services.gateway.http_api import create_app
-from services.gateway.keys import KeyStore, connect
 from services.gateway.limits import Limiter
 from services.gateway.pipeline import ChatPipeline
 from services.gateway.settings import GatewaySettings

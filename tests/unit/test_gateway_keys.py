@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from services.gateway.keys import KEY_PREFIX, KeyStore, digest, parse_seed
+from services.common.keys import KEY_PREFIX, KeyStore, digest, parse_seed
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ import pytest
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from services.common.errors import MeshError
+from services.common.keys import KeyInfo, KeyLimits, KeyStore, connect
 from services.gateway.auth import Caller
 from services.gateway.errors import RateLimitError
-from services.gateway.keys import KeyInfo, KeyLimits, KeyStore, connect
 from services.gateway.limits import Limiter
 from services.gateway.settings import GatewaySettings
 from tests.unit.helpers import free_port

@@ -16,8 +16,8 @@ import redis.asyncio as aioredis
 from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client import REGISTRY
 
+from services.common.keys import KeyInfo, KeyStore, connect
 from services.gateway.auth import Caller
-from services.gateway.keys import KeyInfo, KeyStore, connect
 from services.gateway.usage import UsageStore
 from tests.unit.conftest import valkey_server
 from tests.unit.helpers import free_port

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.inference.context import MEMORY_PREAMBLE, fit_prompt, select_memories
-from services.inference.engine import ChatTokenizer
+from services.inference.tokenizer import ChatTokenizer
 
 
 def turn(i: int, words: int = 200) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from llmmesh.common.v1 import chat_pb2
 from llmmesh.inference.v1 import inference_pb2
 from services.common.errors import InvalidArgumentError
 from services.common.messages import to_openai as to_message
-from services.inference.engine import (
+from services.inference.domain import (
     ChoiceEnd,
     Delta,
     End,
@@ -19,9 +19,9 @@ from services.inference.engine import (
     Sampling,
     Started,
     context_length_error,
-    detect_devices,
     parse_schema,
 )
+from services.inference.engine import detect_devices
 from services.inference.servicer import to_job, to_response, to_sampling
 
 # ---------------------------------------------------------------- to_sampling

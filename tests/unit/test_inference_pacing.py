@@ -8,7 +8,7 @@ import asyncio
 import time
 from typing import Any
 
-from services.inference.engine import ChoiceEnd, Delta, End, GenerationJob, Sampling, Started
+from services.inference.domain import ChoiceEnd, Delta, End, GenerationJob, Sampling, Started
 from services.inference.instant import InstantBackend, Pacing
 
 MODEL = "paced"

@@ -12,7 +12,7 @@ import pytest
 
 from llmmesh.common.v1 import chat_pb2
 from llmmesh.inference.v1 import inference_pb2
-from services.inference.engine import ChoiceEnd, Delta, End, Event, GenerationJob, Sampling, Started
+from services.inference.domain import ChoiceEnd, Delta, End, Event, GenerationJob, Sampling, Started
 from services.inference.instant import InstantBackend
 from services.inference.servicer import _coalesce
 from tests.inference_rpc import generate, serve_inference

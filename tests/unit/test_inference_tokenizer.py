@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from services.common.errors import InvalidArgumentError
-from services.inference.engine import ChatTokenizer
+from services.inference.tokenizer import ChatTokenizer
 
 GENERATION_PROMPT = "ASSISTANT_TURN"
 # A ChatML-like template whose generation prompt is one distinctive word.

@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 from llmmesh.memory.v1 import memory_pb2
 from services.gateway.pipeline import APPENDS
 from services.inference.embedder import Embedder
-from services.inference.engine import ChatTokenizer
+from services.inference.tokenizer import ChatTokenizer
 from services.memory.embedding import Embeddings
 from services.memory.indexer import Indexer
 from services.memory.store import INDEX_STREAM, tag

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from llmmesh.memory.v1 import memory_pb2
 from services.inference.embedder import Embedder
-from services.inference.engine import ChatTokenizer
+from services.inference.tokenizer import ChatTokenizer
 from tests.unit.mesh import MeshOptions, in_process_mesh
 
 # (planted statement, question about it)

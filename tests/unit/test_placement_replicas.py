@@ -18,7 +18,8 @@ from llmmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.common.channels import insecure_channel
 from services.common.placement import Overload
 from services.gateway.placement import ReplicaPlacement, affinity_key
-from services.inference.engine import EnginePool, LoadFigures
+from services.inference.domain import LoadFigures
+from services.inference.engine import EnginePool
 from services.inference.instant import Pacing
 from tests.inference_rpc import generate, serve_inference
 from tests.unit.helpers import free_port

@@ -13,7 +13,7 @@ from services.common.placement import AffinityMap, Load, Overload, choose
 from services.gateway.placement import affinity_key, replica_load
 from services.gateway.settings import GatewaySettings
 from services.inference import sizing
-from services.inference.engine import LoadFigures
+from services.inference.domain import LoadFigures
 
 IDLE = Load(max_num_seqs=8)
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from services.inference.embedder import Embedder
-from services.inference.engine import ChatTokenizer
+from services.inference.tokenizer import ChatTokenizer
 from services.router.settings import RouterSettings
 from tests.unit.mesh import API_KEY, MODEL, Mesh, MeshOptions, in_process_mesh
 

@@ -1,5 +1,5 @@
 """Generation backends besides the local vLLM engines, and the registry that puts them all
-behind the one Backend interface (engine.py) with fallback and cooldown.
+behind the one Backend interface (domain.py) with fallback and cooldown.
 
 - config.py: deploy/backends.yaml, validated (pydantic); keys from variables or files.
 - base.py: what the external kinds share (failures, HTTP statuses, approximate counts).

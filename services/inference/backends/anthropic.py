@@ -33,7 +33,7 @@ from services.inference.backends.base import (
 )
 from services.inference.backends.config import BackendConfig
 from services.inference.backends.openai_compat import sdk_timeout
-from services.inference.engine import ChoiceEnd, Delta, End, Event, GenerationJob, PromptLimits, Started
+from services.inference.domain import ChoiceEnd, Delta, End, Event, GenerationJob, PromptLimits, Started
 
 FINISH_REASONS = {
     "end_turn": "stop",

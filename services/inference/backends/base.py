@@ -22,7 +22,7 @@ from typing import Any
 from services.common.errors import InvalidArgumentError
 from services.inference.backends.config import BackendConfig
 from services.inference.context import FittedPrompt
-from services.inference.engine import Event, GenerationJob, PromptLimits, fit_job
+from services.inference.domain import Event, GenerationJob, PromptLimits, fit_job
 
 # Upstream answers that say "not now, or not here" rather than "not this request": the next
 # candidate may serve it. 401/403/404 are a backend's configuration (its key, its model list)

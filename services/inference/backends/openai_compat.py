@@ -21,8 +21,17 @@ import openai
 
 from services.inference.backends.base import BackendUnavailableError, ExternalBackend, approx_tokens, sdk_error
 from services.inference.backends.config import BackendConfig
-from services.inference.engine import ChoiceEnd, Delta, End, Event, GenerationJob, PromptLimits, Started, TokenLogprob
-from services.inference.tools import ToolCallPiece
+from services.inference.domain import (
+    ChoiceEnd,
+    Delta,
+    End,
+    Event,
+    GenerationJob,
+    PromptLimits,
+    Started,
+    TokenLogprob,
+    ToolCallPiece,
+)
 
 
 def sdk_timeout(config: BackendConfig) -> openai.Timeout:

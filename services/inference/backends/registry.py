@@ -38,9 +38,8 @@ from services.common.errors import InvalidArgumentError, MeshError
 from services.inference.backends.base import BackendUnavailableError, ExternalBackend, approx_tokens
 from services.inference.backends.config import LOCAL, BackendConfig
 from services.inference.backends.cooldown import Cooldowns
-from services.inference.engine import (
+from services.inference.domain import (
     Backend,
-    EnginePool,
     Event,
     GenerationJob,
     LoadFigures,
@@ -109,7 +108,7 @@ def external_backend(config: BackendConfig, limits: PromptLimits) -> ExternalBac
 
 
 def local_kind(backend: Backend) -> str:
-    return "vllm" if isinstance(backend, EnginePool) else "instant"
+    return backend.kind
 
 
 def _unavailable(exc: Exception) -> BackendUnavailableError | None:
@@ -131,7 +130,7 @@ async def _close(events: AsyncIterator[Event]) -> None:
 
 
 class BackendRegistry:
-    """A Backend (engine.py) over the local one and the external ones, by model id."""
+    """A Backend (domain.py) over the local one and the external ones, by model id."""
 
     def __init__(self, local: Backend, local_kind: str, externals: list[ExternalBackend], cooldowns: Cooldowns) -> None:
         self.local = local
@@ -146,6 +145,10 @@ class BackendRegistry:
                 self._targets[model] = _Target(model, backend.name, upstream, backend)
 
     # The Backend protocol: the local model's figures; generation by model id.
+    @property
+    def kind(self) -> str:
+        return self.local_kind
+
     @property
     def source(self) -> str:
         return self.local.source

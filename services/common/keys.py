@@ -1,4 +1,6 @@
 """API keys, each bound to a tenant, in the Redis-protocol server every gateway replica shares.
+The gateway checks them; the CLI (`llmmesh keys`) and the local stack write them: the stored
+record is their contract, so the store lives here, below every service.
 
 Only a key's SHA-256 is stored, never the key: ``llmmesh:apikey:<sha256>`` is a hash with the
 key's id, tenant, name, creation time, a short prefix for people to recognise it by, and its own
