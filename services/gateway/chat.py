@@ -126,7 +126,7 @@ class _Completion:
                 return out
         raise MeshError(*NO_RESULT)
 
-    def _chunk(self, choices: list[dict[str, Any]], usage_: dict[str, int] | None = None) -> bytes:
+    def _chunk(self, choices: list[dict[str, Any]], usage_: dict[str, Any] | None = None) -> bytes:
         out = self._envelope("chat.completion.chunk")
         out["choices"] = choices
         if usage_ is not None:

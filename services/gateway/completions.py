@@ -196,7 +196,7 @@ class _Completion:
         texts = [[echo] for echo in self.echo]
         logprobs = [_Logprobs(len(echo)) for echo in self.echo]
         finish: dict[int, str] = {}
-        prompt_tokens = completion_tokens = 0
+        prompt_tokens = completion_tokens = cached_tokens = 0
         async for _, event in events:
             if isinstance(event, Delta):
                 texts[event.index].append(event.text)
@@ -206,6 +206,7 @@ class _Completion:
             elif isinstance(event, Done):
                 prompt_tokens += event.prompt_tokens
                 completion_tokens += event.completion_tokens
+                cached_tokens += event.cached_tokens
         choices = [
             {
                 "index": i,
@@ -216,7 +217,7 @@ class _Completion:
             for i in range(self.choices)
         ]
         out = self._envelope(choices)
-        out["usage"] = usage(Done(prompt_tokens, completion_tokens))
+        out["usage"] = usage(Done(prompt_tokens, completion_tokens, cached_tokens=cached_tokens))
         return out
 
     def _choice(self, index: int, text: str, finish: str | None, logprobs: Any = None) -> bytes:
@@ -227,7 +228,7 @@ class _Completion:
         include_usage = bool(self.body.stream_options and self.body.stream_options.include_usage)
         logprobs = [_Logprobs(len(echo)) for echo in self.echo]
         echoed = [not echo for echo in self.echo]
-        completion_tokens = 0
+        completion_tokens = cached_tokens = 0
         try:
             async for _, event in events:
                 if isinstance(event, Delta | ChoiceDone) and not echoed[event.index]:
@@ -240,9 +241,10 @@ class _Completion:
                     yield self._choice(event.index, "", event.finish_reason)
                 elif isinstance(event, Done):
                     completion_tokens += event.completion_tokens
+                    cached_tokens += event.cached_tokens
             if include_usage:
                 out = self._envelope([])
-                out["usage"] = usage(Done(prompt_tokens, completion_tokens))
+                out["usage"] = usage(Done(prompt_tokens, completion_tokens, cached_tokens=cached_tokens))
                 yield sse(out)
         except MeshError as exc:
             yield sse(APIError.from_mesh(exc, 0).body())

@@ -132,6 +132,7 @@ class Done:
     prompt_tokens: int
     completion_tokens: int
     finish_reasons: dict[int, str] = field(default_factory=dict)
+    cached_tokens: int = 0
 
 
 Event = Accepted | Delta | ChoiceDone | Done
@@ -362,7 +363,7 @@ class ChatPipeline:
                             reply_message.tool_calls_json = json.dumps([calls[i] for i in sorted(calls)])
                         self._remember(turn, reply_message, window_after_trim(list(context.window), dropped))
                     usage = reply.end.usage
-                    yield Done(usage.prompt_tokens, usage.completion_tokens, finish)
+                    yield Done(usage.prompt_tokens, usage.completion_tokens, finish, usage.cached_tokens)
                     return
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None

@@ -64,6 +64,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                             prompt_tokens=event.prompt_tokens,
                             completion_tokens=event.completion_tokens,
                             total_tokens=event.prompt_tokens + event.completion_tokens,
+                            cached_tokens=event.cached_tokens,
                         ),
                     )
                 )

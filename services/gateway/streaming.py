@@ -62,14 +62,16 @@ async def unless_disconnected(request: Request, work: Any) -> Any:
         watcher.cancel()
 
 
-def usage(done: Done) -> dict[str, int]:
-    """OpenAI's usage object (and the token counters)."""
+def usage(done: Done) -> dict[str, Any]:
+    """OpenAI's usage object (and the token counters), with the prompt tokens the engine's
+    prefix cache held in `prompt_tokens_details.cached_tokens`."""
     TOKENS.labels("prompt").inc(done.prompt_tokens)
     TOKENS.labels("completion").inc(done.completion_tokens)
     return {
         "prompt_tokens": done.prompt_tokens,
         "completion_tokens": done.completion_tokens,
         "total_tokens": done.prompt_tokens + done.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": done.cached_tokens},
     }
 
 

@@ -133,6 +133,8 @@ class ChoiceEnd:
 class End:
     prompt_tokens: int
     completion_tokens: int
+    # Prompt tokens the engine found in its prefix cache (part of prompt_tokens).
+    cached_tokens: int = 0
 
 
 Event = Started | Delta | ChoiceEnd | End

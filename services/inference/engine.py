@@ -196,12 +196,14 @@ class VllmEngine:
         params = self._sampling_params(job.sampling, requested or limit - len(prompt_ids))
         # The engine needs ids unique among its live requests; a client may repeat its request id.
         engine_request_id = f"{job.request_id}-{next(self._ids)}"
-        completion_tokens = 0
+        completion_tokens = cached_tokens = 0
         self.load.outstanding += 1
         try:
             yield Started(len(prompt_ids), self.name, prompt.dropped_turns, prompt.memories_used)
             stream = self._llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, engine_request_id)
             async for output in stream:
+                # The prompt tokens the engine's prefix cache held (vLLM's RequestOutput).
+                cached_tokens = output.num_cached_tokens or cached_tokens
                 for choice in output.outputs:
                     completion_tokens += len(choice.token_ids)
                     logprobs = _logprobs(choice, job.sampling.logprobs) if job.sampling.logprobs is not None else []
@@ -209,7 +211,7 @@ class VllmEngine:
                         yield Delta(choice.index, choice.text, len(choice.token_ids), [], logprobs, choice.token_ids)
                     if choice.finish_reason is not None:
                         yield ChoiceEnd(choice.index, choice.finish_reason)
-            yield End(len(prompt_ids), completion_tokens)
+            yield End(len(prompt_ids), completion_tokens, cached_tokens)
         finally:
             self.load.outstanding -= 1
 

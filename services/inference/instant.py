@@ -12,12 +12,17 @@ parsing, for one) runs on a known output.
 token, a rate per stream, and a number of streams generating at once (the rest wait, as requests
 queue in an engine). Tokens that fall due go out once per tick, as an engine's step would send
 them, so the mesh can be measured at GPU speed on a machine without one.
+
+Cached tokens are simulated as vLLM's prefix cache reports them (`PrefixCache`), so the usage a
+client sees can be tested without an engine.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import hashlib
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +58,40 @@ class Pacing:
         return self.tokens_per_s > 0
 
 
+class PrefixCache:
+    """vLLM's automatic prefix caching, simulated: prompts are cut into blocks of `block_size`
+    token ids, each block keyed by a hash of the whole prefix up to its end; a prompt's cached
+    tokens are its leading full blocks already seen. As in vLLM, the last prompt token is always
+    computed (a prompt never counts as wholly cached), and the least recently used blocks leave
+    once `capacity` are held."""
+
+    def __init__(self, block_size: int = 16, capacity: int = 4096) -> None:
+        self.block_size = block_size
+        self.capacity = capacity
+        self._blocks: OrderedDict[bytes, None] = OrderedDict()
+
+    def _keys(self, ids: Sequence[int]) -> list[bytes]:
+        chain, keys = hashlib.blake2b(digest_size=16), []
+        for end in range(self.block_size, len(ids) + 1, self.block_size):
+            chain.update(b"," + ",".join(map(str, ids[end - self.block_size : end])).encode())
+            keys.append(chain.copy().digest())
+        return keys
+
+    def lookup_and_store(self, ids: Sequence[int]) -> int:
+        """The cached tokens of `ids`; its full blocks are then held."""
+        keys = self._keys(ids)
+        usable = (len(ids) - 1) // self.block_size
+        hits = 0
+        while hits < min(usable, len(keys)) and keys[hits] in self._blocks:
+            hits += 1
+        for key in keys:
+            self._blocks[key] = None
+            self._blocks.move_to_end(key)
+        while len(self._blocks) > self.capacity:
+            self._blocks.popitem(last=False)
+        return hits * self.block_size
+
+
 DEFAULT_TOKENS = 16
 # Yield to the event loop every this many tokens, so one long stream cannot starve the others.
 _YIELD_EVERY = 64
@@ -80,6 +119,7 @@ class InstantBackend:
         self._limits = limits or PromptLimits()
         self._load = LoadFigures(engine="instant-0", model=model_name, device="none")
         self._tools = ToolCalling(self._limits.tool_parser, tokenizer.hf if tokenizer else None)
+        self.prefix_cache = PrefixCache()
         # The last prompt generated for, so in-process tests can see what the model got.
         self.last_prompt: list[dict[str, Any]] = []
         self.last_prompt_ids: list[int] = []
@@ -134,6 +174,9 @@ class InstantBackend:
             self.last_prompt = prompt.messages
         self.last_prompt_ids = prompt_ids
         prompt_tokens = len(prompt_ids)
+        # Only real token ids can hit a cache (without a tokenizer a chat's ids are placeholders).
+        real_ids = self._tokenizer is not None or bool(job.prompt_ids)
+        cached = self.prefix_cache.lookup_and_store(prompt_ids) if real_ids else 0
         wanted = job.sampling.max_tokens or DEFAULT_TOKENS
         if prompt_tokens + wanted > self._context_length:
             raise context_length_error(prompt_tokens, job.sampling.max_tokens, self._context_length)
@@ -147,7 +190,7 @@ class InstantBackend:
         try:
             yield Started(prompt_tokens, self._load.engine, dropped, memories_used)
             if self._pacing.paced:
-                async for event in self._paced(job, pieces, finish, prompt_tokens):
+                async for event in self._paced(job, pieces, finish, prompt_tokens, cached):
                     yield event
                 return
             for index in range(job.sampling.n):
@@ -157,12 +200,12 @@ class InstantBackend:
                     if produced % _YIELD_EVERY == _YIELD_EVERY - 1:
                         await asyncio.sleep(0)
                 yield ChoiceEnd(index, finish)
-            yield End(prompt_tokens, len(pieces) * job.sampling.n)
+            yield End(prompt_tokens, len(pieces) * job.sampling.n, cached)
         finally:
             self._load.outstanding -= 1
 
     async def _paced(
-        self, job: GenerationJob, pieces: list[str], finish: str, prompt_tokens: int
+        self, job: GenerationJob, pieces: list[str], finish: str, prompt_tokens: int, cached: int
     ) -> AsyncIterator[Event]:
         """Every choice at the paced rate, after the time to first token, within the stream slots."""
         pacing, loop = self._pacing, asyncio.get_running_loop()
@@ -187,7 +230,7 @@ class InstantBackend:
                     await asyncio.sleep(pacing.tick_s)
             for index in range(job.sampling.n):
                 yield ChoiceEnd(index, finish)
-            yield End(prompt_tokens, len(pieces) * job.sampling.n)
+            yield End(prompt_tokens, len(pieces) * job.sampling.n, cached)
         finally:
             self._load.running -= 1
             if self._slots is not None:

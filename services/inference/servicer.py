@@ -94,11 +94,14 @@ def to_job(start: inference_pb2.StartGeneration) -> GenerationJob:
     )
 
 
-def _end(prompt_tokens: int, completion_tokens: int, cancelled: bool = False) -> inference_pb2.GenerateResponse:
+def _end(
+    prompt_tokens: int, completion_tokens: int, cancelled: bool = False, cached_tokens: int = 0
+) -> inference_pb2.GenerateResponse:
     usage = common_pb2.Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
+        cached_tokens=cached_tokens,
     )
     return inference_pb2.GenerateResponse(end=inference_pb2.GenerationEnd(usage=usage, cancelled=cancelled))
 
@@ -139,7 +142,7 @@ def to_response(event: Event) -> inference_pb2.GenerateResponse:
         return inference_pb2.GenerateResponse(
             choice_end=inference_pb2.ChoiceEnd(index=event.index, finish_reason=event.finish_reason)
         )
-    return _end(event.prompt_tokens, event.completion_tokens)
+    return _end(event.prompt_tokens, event.completion_tokens, cached_tokens=event.cached_tokens)
 
 
 class _Outbox:

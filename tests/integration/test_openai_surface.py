@@ -6,6 +6,7 @@ for any output it may give (valid calls, schemas, shapes), never for its wording
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import jsonschema
@@ -241,3 +242,19 @@ def test_n_seed_stop_max_completion_tokens_and_penalties(client: openai.OpenAI) 
         model=MODEL, messages=repeat, temperature=0, max_tokens=24, frequency_penalty=2.0, presence_penalty=2.0
     )
     assert penalised.choices[0].message.content != plain.choices[0].message.content
+
+
+def test_a_repeated_prompt_reports_the_engines_cached_tokens(client: openai.OpenAI) -> None:
+    long_question: Any = [
+        {"role": "user", "content": "Describe the rivers, bridges and old silk trade of Lyon. " * 12},
+    ]
+    # One session: its turns go to the same engine, whose prefix cache holds the first prompt.
+    extra = {"session_id": f"surface-cache-{uuid.uuid4().hex}"}
+    first = client.chat.completions.create(model=MODEL, messages=long_question, max_tokens=2, extra_body=extra)
+    second = client.chat.completions.create(model=MODEL, messages=long_question, max_tokens=2, extra_body=extra)
+
+    assert first.usage is not None
+    assert second.usage is not None
+    assert second.usage.prompt_tokens_details is not None
+    assert second.usage.prompt_tokens_details.cached_tokens
+    assert 0 < second.usage.prompt_tokens_details.cached_tokens <= second.usage.prompt_tokens

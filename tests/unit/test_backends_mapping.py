@@ -207,3 +207,80 @@ def test_the_gateway_answers_an_exhausted_chain_as_openais_503() -> None:
             "code": "backends_unavailable",
         }
     }
+
+
+class _Stream:
+    """An SDK stream of given events: async iterable and an async context manager."""
+
+    def __init__(self, events: list[Any]) -> None:
+        self.events = events
+
+    async def __aenter__(self) -> _Stream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    async def __aiter__(self) -> Any:
+        for event in self.events:
+            yield event
+
+
+async def test_openai_cached_tokens_come_from_prompt_tokens_details() -> None:
+    import openai as sdk
+
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+    events = [
+        sdk.types.chat.ChatCompletionChunk.model_validate(
+            {**chunk, "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}
+        ),
+        sdk.types.chat.ChatCompletionChunk.model_validate(
+            {
+                **chunk,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": 2000,
+                    "completion_tokens": 1,
+                    "total_tokens": 2001,
+                    "prompt_tokens_details": {"cached_tokens": 1920},
+                },
+            }
+        ),
+    ]
+    backend = openai_compat.OpenAICompatBackend(COMPAT, PromptLimits())
+
+    async def create(**body: Any) -> _Stream:
+        return _Stream(events)
+
+    backend._client.chat.completions.create = create  # type: ignore[method-assign]
+    end = [event async for event in backend.generate(job(), "m")][-1]
+
+    assert (end.prompt_tokens, end.completion_tokens, end.cached_tokens) == (2000, 1, 1920)
+
+
+async def test_anthropic_cache_reads_are_cached_tokens_and_part_of_the_prompt(monkeypatch: pytest.MonkeyPatch) -> None:
+    import anthropic as sdk
+
+    monkeypatch.setenv("K", "key")
+    message = {"id": "m", "type": "message", "role": "assistant", "model": "m", "content": []}
+    usage = {"input_tokens": 10, "output_tokens": 0, "cache_read_input_tokens": 1024, "cache_creation_input_tokens": 6}
+    events = [
+        sdk.types.RawMessageStartEvent.model_validate(
+            {"type": "message_start", "message": {**message, "usage": usage}}
+        ),
+        sdk.types.RawContentBlockDeltaEvent.model_validate(
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}}
+        ),
+        sdk.types.RawMessageDeltaEvent.model_validate(
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}}
+        ),
+    ]
+    backend = anthropic.AnthropicBackend(CLAUDE, PromptLimits())
+
+    async def create(**body: Any) -> _Stream:
+        return _Stream(events)
+
+    backend._client.messages.create = create  # type: ignore[method-assign]
+    end = [event async for event in backend.generate(job(), "m")][-1]
+
+    assert (end.prompt_tokens, end.completion_tokens, end.cached_tokens) == (1040, 1, 1024)

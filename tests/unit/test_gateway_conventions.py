@@ -3,8 +3,12 @@ ids, the auth headers, cached tokens in usage, the model list, rate-limit header
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
+from services.inference.instant import PrefixCache
 from tests.unit.mesh import API_KEY, MODEL, Mesh
 
 # -- request ids and response ids
@@ -76,3 +80,51 @@ async def test_a_bearer_key_comes_first(mesh: Mesh) -> None:
     response = await mesh.http.get("/v1/models", headers={"x-api-key": "llm-not-a-key"})
 
     assert response.status_code == 200  # the client's default Authorization: Bearer API_KEY
+
+
+# -- cached tokens
+
+LONG = "Tell me about the history of the city of Lyon, its silk weavers and its two rivers. " * 4
+
+
+def _cached(usage: dict[str, Any]) -> int:
+    return int(usage["prompt_tokens_details"]["cached_tokens"])
+
+
+async def test_a_repeated_prompt_reports_cached_tokens(mesh: Mesh) -> None:
+    first = (await mesh.chat(LONG + "first")).json()["usage"]
+    second = (await mesh.chat(LONG + "first")).json()["usage"]
+    other = (await mesh.chat("Something else entirely, " + LONG)).json()["usage"]
+
+    assert _cached(first) == 0
+    # Full blocks of 16 tokens, at most all but the last prompt token (as vLLM counts them).
+    assert 0 < _cached(second) < second["prompt_tokens"]
+    assert _cached(second) % 16 == 0
+    assert second["prompt_tokens"] - _cached(second) <= 16
+    # Another question shares only what comes before it (the template's and the agent's system prompt).
+    assert _cached(other) < 48 < _cached(second)
+
+
+async def test_cached_tokens_in_the_streamed_usage_and_completions(mesh: Mesh) -> None:
+    body = {"stream": True, "stream_options": {"include_usage": True}}
+    await mesh.chat(LONG + "streamed")
+    streamed = await mesh.chat(LONG + "streamed", **body)
+    chunks = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+    prompt = {"model": MODEL, "prompt": [list(range(100, 140))], "max_tokens": 1}
+    await mesh.http.post("/v1/completions", json=prompt)
+    completion = (await mesh.http.post("/v1/completions", json=prompt)).json()
+
+    assert _cached(chunks[-1]["usage"]) > 0
+    assert _cached(completion["usage"]) == 32
+
+
+def test_the_simulated_prefix_cache_counts_leading_full_blocks() -> None:
+    cache = PrefixCache(block_size=4, capacity=3)
+
+    assert cache.lookup_and_store(list(range(10))) == 0
+    assert cache.lookup_and_store(list(range(10))) == 8
+    assert cache.lookup_and_store([*range(6), 99, 99, 99]) == 4  # the second block differs
+    assert cache.lookup_and_store(list(range(8))) == 4  # the last token is always computed
+    assert cache.lookup_and_store([7, 7, 7, 7, 7]) == 0
+    cache.lookup_and_store([5, 5, 5, 5, 6, 6, 6, 6, 1])
+    assert cache.lookup_and_store(list(range(10))) == 0  # its blocks were the least recently used

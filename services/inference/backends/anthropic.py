@@ -118,7 +118,7 @@ class AnthropicBackend(ExternalBackend):
         system, turns = to_messages(fitted.messages)
         body = request_body(job, upstream_model, system, turns, self.config.default_max_tokens)
         prompt_tokens = approx_tokens(fitted.messages)
-        completion_tokens = chunks = 0
+        completion_tokens = chunks = cached_tokens = 0
         finish = ""
         try:
             stream = await self._client.messages.create(**body)
@@ -126,7 +126,12 @@ class AnthropicBackend(ExternalBackend):
                 yield Started(prompt_tokens, self.name, fitted.dropped_turns, fitted.memories_used)
                 async for event in stream:
                     if event.type == "message_start":
-                        prompt_tokens = event.message.usage.input_tokens or prompt_tokens
+                        # Anthropic counts cache reads and writes apart from input_tokens; in
+                        # OpenAI's usage they are part of the prompt, the reads its cached tokens.
+                        usage = event.message.usage
+                        cached_tokens = usage.cache_read_input_tokens or 0
+                        prompt = usage.input_tokens + cached_tokens + (usage.cache_creation_input_tokens or 0)
+                        prompt_tokens = prompt or prompt_tokens
                     elif event.type == "content_block_delta" and event.delta.type == "text_delta":
                         if event.delta.text:
                             chunks += 1
@@ -139,4 +144,4 @@ class AnthropicBackend(ExternalBackend):
         if not finish:  # the stream ended without a stop reason: never a silent truncation
             raise BackendUnavailableError(self.name, "the stream ended before the answer did")
         yield ChoiceEnd(0, finish)
-        yield End(prompt_tokens, completion_tokens or chunks)
+        yield End(prompt_tokens, completion_tokens or chunks, cached_tokens)

@@ -147,6 +147,8 @@ class OpenAICompatBackend(ExternalBackend):
         if open_choices:  # the stream ended without saying why: never a silent truncation
             raise BackendUnavailableError(self.name, "the stream ended before the answer did")
         if usage is not None:
-            yield End(usage.prompt_tokens, usage.completion_tokens)
+            details = getattr(usage, "prompt_tokens_details", None)
+            cached = (details.cached_tokens or 0) if details is not None else 0
+            yield End(usage.prompt_tokens, usage.completion_tokens, cached)
         else:
             yield End(prompt_estimate, chunks)
