@@ -1,7 +1,12 @@
-"""GET /v1/models and /v1/models/{id}: the chat models the router serves, and the embedding model."""
+"""GET /v1/models and /v1/models/{id}: the chat models the router serves, and the embedding model.
+
+`created` is when the model became servable (the inference service's load of it, or of its
+backend's configuration; for the embedding model, this gateway's start), stable across calls;
+`max_model_len` (vLLM's name) its context length, where known."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,12 +21,16 @@ def create_router(
     settings: GatewaySettings, pipeline: ChatPipeline, tenant: Callable[..., Awaitable[str]]
 ) -> APIRouter:
     router = APIRouter(dependencies=[Depends(tenant)])
+    started = int(time.time())
 
     async def model_objects() -> list[dict[str, Any]]:
-        models = [
-            {"id": m.id, "object": "model", "created": 0, "owned_by": m.owned_by} for m in await pipeline.list_models()
-        ]
-        models.append({"id": settings.embedding_model, "object": "model", "created": 0, "owned_by": "llmmesh"})
+        models: list[dict[str, Any]] = []
+        for m in await pipeline.list_models():
+            model = {"id": m.id, "object": "model", "created": m.created or started, "owned_by": m.owned_by}
+            if m.context_length:
+                model["max_model_len"] = m.context_length
+            models.append(model)
+        models.append({"id": settings.embedding_model, "object": "model", "created": started, "owned_by": "llmmesh"})
         return models
 
     @router.get("/v1/models")

@@ -300,6 +300,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     engines=m.engines,
                     backend=m.backend,
                     kind=m.kind,
+                    created=m.created,
                 )
                 for m in self._pool.models()
             ]

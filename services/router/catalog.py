@@ -18,6 +18,7 @@ class Catalog:
     def __init__(self, stub: inference_pb2_grpc.InferenceServiceStub) -> None:
         self._stub = stub
         self._served: tuple[str, ...] = ()
+        self._info: dict[str, inference_pb2.ModelInfo] = {}
         self._attempted = 0.0
 
     @property
@@ -34,7 +35,12 @@ class Catalog:
             log.debug("inference not reachable for discovery", extra={"code": exc.code().name})
             return False
         self._served = tuple(m.id for m in reply.models)
+        self._info = {m.id: m for m in reply.models}
         return True
+
+    def info(self, model: str) -> inference_pb2.ModelInfo:
+        """What the inference service said of `model` (empty when it did not list it)."""
+        return self._info.get(model) or inference_pb2.ModelInfo(id=model)
 
     async def refresh_if_older(self, seconds: float) -> None:
         """Refreshes unless the last attempt (successful or not) is more recent than `seconds`."""

@@ -77,6 +77,10 @@ class LivePolicy:
     def served(self) -> tuple[str, ...]:
         return self._catalog.served
 
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog
+
     # ---------------------------------------------------------------- requests
 
     async def route(self, model: str, agent_override: str, user_turns: Sequence[str]) -> Plan:

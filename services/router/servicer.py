@@ -69,6 +69,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.ListModelsResponse:
         models = self._live.policy.public_models(self._live.served)
+        info = {m.backend_model: self._live.catalog.info(m.backend_model) for m in models}
         return router_pb2.ListModelsResponse(
             models=[
                 router_pb2.Model(
@@ -77,6 +78,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     backend_model=m.backend_model,
                     agent=m.agent,
                     description=m.description,
+                    context_length=info[m.backend_model].context_length,
+                    created=info[m.backend_model].created,
                 )
                 for m in models
             ]

@@ -3,13 +3,15 @@ ids, the auth headers, cached tokens in usage, the model list, rate-limit header
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
 
 from services.inference.instant import PrefixCache
-from tests.unit.mesh import API_KEY, MODEL, Mesh
+from tests.unit.mesh import API_KEY, MODEL, Mesh, MeshOptions
 
 # -- request ids and response ids
 
@@ -128,3 +130,21 @@ def test_the_simulated_prefix_cache_counts_leading_full_blocks() -> None:
     assert cache.lookup_and_store([7, 7, 7, 7, 7]) == 0
     cache.lookup_and_store([5, 5, 5, 5, 6, 6, 6, 6, 1])
     assert cache.lookup_and_store(list(range(10))) == 0  # its blocks were the least recently used
+
+
+# -- the model list
+
+
+async def test_models_carry_a_stable_created_and_their_context_length(mesh: Mesh) -> None:
+    before = int(time.time())
+    first = (await mesh.http.get("/v1/models")).json()["data"]
+    await asyncio.sleep(1.1)
+    second = (await mesh.http.get("/v1/models")).json()["data"]
+    one = (await mesh.http.get(f"/v1/models/{MODEL}")).json()
+
+    assert first == second  # created is when the model came up, not the time of the call
+    assert all(0 < m["created"] <= before for m in first)
+    by_id = {m["id"]: m for m in first}
+    assert by_id[MODEL]["max_model_len"] == MeshOptions().context_length
+    assert by_id["llmmesh"]["max_model_len"] == MeshOptions().context_length  # the model behind it
+    assert one == by_id[MODEL]

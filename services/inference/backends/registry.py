@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -82,6 +83,9 @@ class ModelEntry:
     context_length: int
     source: str
     engines: int
+    # When it became servable (Unix seconds): the registry is built once the local model is
+    # loaded and the backends' configuration read.
+    created: int = 0
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,7 @@ class BackendRegistry:
     def __init__(self, local: Backend, local_kind: str, externals: list[ExternalBackend], cooldowns: Cooldowns) -> None:
         self.local = local
         self.local_kind = local_kind
+        self.created = int(time.time())
         self.model_name = local.model_name
         self.externals = externals
         self.cooldowns = cooldowns
@@ -174,13 +179,19 @@ class BackendRegistry:
     def models(self) -> list[ModelEntry]:
         entries = [
             ModelEntry(
-                self.local.model_name, LOCAL, self.local_kind, self.context_length, self.source, self.engine_count
+                self.local.model_name,
+                LOCAL,
+                self.local_kind,
+                self.context_length,
+                self.source,
+                self.engine_count,
+                self.created,
             )
         ]
         for backend in self.externals:
             config = backend.config
             entries += [
-                ModelEntry(model, config.name, config.kind, config.context_length, config.name, 0)
+                ModelEntry(model, config.name, config.kind, config.context_length, config.name, 0, self.created)
                 for model in config.model_ids()
             ]
         return entries
