@@ -28,9 +28,17 @@ class RateLimitError(MeshError):
     """A per-key limit is reached (429). `retry_after_s`: when the window has room again (the
     Retry-After header); None when waiting cannot help (a request larger than the limit)."""
 
-    def __init__(self, message: str, retry_after_s: int | None, reason: str = "rate_limit_exceeded") -> None:
+    def __init__(
+        self,
+        message: str,
+        retry_after_s: int | None,
+        reason: str = "rate_limit_exceeded",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(grpc.StatusCode.RESOURCE_EXHAUSTED, message, reason)
         self.retry_after_s = retry_after_s
+        # The refusing limit's x-ratelimit-* headers (limits.py).
+        self.headers = headers or {}
 
 
 class APIError(Exception):
@@ -67,10 +75,13 @@ class APIError(Exception):
             reason = None
         # The service that refused the request names the parameter; else a guess from the reason.
         param = error.param or {"context_length_exceeded": "messages", "model_not_found": "model"}.get(reason or "")
+        headers: dict[str, str] = {}
         if isinstance(error, RateLimitError):
             retry_after_s = error.retry_after_s or 0
-        headers = {"Retry-After": str(retry_after_s)} if status in (429, 503) and retry_after_s > 0 else None
-        return cls(status, error.message, type_, reason, param, headers)
+            headers.update(error.headers)
+        if status in (429, 503) and retry_after_s > 0:
+            headers["Retry-After"] = str(retry_after_s)
+        return cls(status, error.message, type_, reason, param, headers or None)
 
     @classmethod
     def from_rpc(cls, exc: grpc.aio.AioRpcError, retry_after_s: int = 0) -> APIError:

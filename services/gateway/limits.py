@@ -18,6 +18,12 @@ A chat request goes through them in this order, each refusal an error in OpenAI'
 
 Every 429 says when to retry (``Retry-After``). An unreachable Redis is 503 with Retry-After.
 
+A request the key's limits let in answers with OpenAI's rate-limit headers, for each limit the key
+has (requests and tokens per minute): ``x-ratelimit-limit-requests``, ``-remaining-requests``
+(after this one) and ``-reset-requests`` (until the oldest request in the window leaves it, so one
+more is allowed), and the ``-tokens`` trio (remaining: after this request's reservation; reset: until
+the whole window is clear again). A 429 carries those of the limit that refused it.
+
 How each limit is kept, and why:
 
 - Requests per minute: the ``limits`` library's moving window (exact: one timestamp per request).
@@ -69,7 +75,8 @@ _TOKENS = "llmmesh:tpm:"
 _STREAMS = "llmmesh:streams:"
 
 # KEYS[1]: the key's token window (hash: second -> tokens). ARGV: limit, window, want, minimum.
-# Grants min(want, room) when room >= minimum: {granted, second}; else {0, seconds to wait}.
+# Grants min(want, room) when room >= minimum: {granted, second, room left, seconds until the
+# window is clear}; else {0, seconds to wait, room left, seconds until the window is clear}.
 _RESERVE = """
 local now = tonumber(redis.call('TIME')[1])
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -90,14 +97,17 @@ if room >= minimum then
   local granted = math.min(want, room)
   redis.call('HINCRBY', KEYS[1], now, granted)
   redis.call('EXPIRE', KEYS[1], window + 1)
-  return {granted, now}
+  return {granted, now, room - granted, window}
 end
 table.sort(buckets, function(a, b) return a[1] < b[1] end)
+local clear = window
+if #buckets > 0 then clear = buckets[#buckets][1] + window - now end
+local left = room
 for _, bucket in ipairs(buckets) do
   room = room + bucket[2]
-  if room >= minimum then return {0, bucket[1] + window - now} end
+  if room >= minimum then return {0, bucket[1] + window - now, left, clear} end
 end
-return {0, window}
+return {0, window, left, clear}
 """
 
 # KEYS[1]: the key's token window. ARGV: window, then (second, tokens) pairs to take back from
@@ -154,6 +164,15 @@ class Limits:
     tpm: int
     max_streams: int
     models: tuple[str, ...] = ()
+
+
+def _limit_headers(kind: str, limit: int, remaining: int, reset_s: float) -> dict[str, str]:
+    """OpenAI's rate-limit headers of one limit (`kind`: requests or tokens)."""
+    return {
+        f"x-ratelimit-limit-{kind}": str(limit),
+        f"x-ratelimit-remaining-{kind}": str(max(0, remaining)),
+        f"x-ratelimit-reset-{kind}": f"{max(0, math.ceil(reset_s))}s",
+    }
 
 
 def _unavailable() -> MeshError:
@@ -220,7 +239,7 @@ class Limiter:
                     "concurrency_limit_exceeded",
                 )
             if limits.rpm:
-                await self._count_request(admission.owner, limits.rpm)
+                admission.headers.update(await self._count_request(admission.owner, limits.rpm))
         except _REDIS_DOWN:
             await admission.settle(0, 0)
             raise _unavailable() from None
@@ -229,14 +248,19 @@ class Limiter:
             raise
         return admission
 
-    async def _count_request(self, owner: str, rpm: int) -> None:
+    async def _count_request(self, owner: str, rpm: int) -> dict[str, str]:
+        """Counts one request; its rate-limit headers, or RateLimitError (with them)."""
         item = RateLimitItemPerMinute(rpm)
-        if await self._requests.hit(item, owner):
-            return
+        allowed = await self._requests.hit(item, owner)
         stats = await self._requests.get_window_stats(item, owner)
+        reset_s = stats.reset_time - time.time()
+        headers = _limit_headers("requests", rpm, stats.remaining, reset_s)
+        if allowed:
+            return headers
         raise RateLimitError(
             f"Rate limit reached for requests per minute (RPM): limit {rpm}.",
-            max(1, math.ceil(stats.reset_time - time.time())),
+            max(1, math.ceil(reset_s)),
+            headers=headers,
         )
 
     async def limit(self, caller: Caller, turn: ChatTurn, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
@@ -255,6 +279,7 @@ class Limiter:
                 if isinstance(event, Accepted):
                     await admission.reserve(event.prompt_tokens, completion_budget)
                     prompt, model = event.prompt_tokens, event.backend_model
+                    event.rate_limits = dict(admission.headers)
                 elif isinstance(event, Delta):
                     await admission.allow(completion + event.tokens)
                     completion += event.tokens
@@ -309,6 +334,8 @@ class Admission:
         # Tokens taken from the window: (second, tokens) per grant, oldest first.
         self._grants: list[tuple[int, int]] = []
         self._retry_after_s = WINDOW_S
+        # The x-ratelimit-* headers of the limits this request went through (module docstring).
+        self.headers: dict[str, str] = {}
         self._renewal: asyncio.Task[None] | None = None
         self._settled = False
 
@@ -344,11 +371,12 @@ class Admission:
     async def _take(self, want: int, minimum: int) -> bool:
         """Takes `want` tokens from the window, or as many as it has if that is `minimum` or more."""
         try:
-            granted, when = await self._scripts.reserve(
+            granted, when, left, clear_s = await self._scripts.reserve(
                 keys=[_TOKENS + self.owner], args=[self.limits.tpm, WINDOW_S, want, minimum]
             )
         except _REDIS_DOWN:
             raise _unavailable() from None
+        self.headers.update(_limit_headers("tokens", self.limits.tpm, int(left), int(clear_s)))
         if not granted:
             self._retry_after_s = max(1, int(when))
             return False
@@ -361,6 +389,7 @@ class Admission:
             f"Rate limit reached for tokens per minute (TPM): limit {self.limits.tpm}.{where} "
             f"Try again in {self._retry_after_s}s.",
             self._retry_after_s,
+            headers={k: v for k, v in self.headers.items() if k.endswith("-tokens")},
         )
 
     async def reserve(self, prompt_tokens: int, completion_tokens: int | None) -> None:

@@ -110,6 +110,8 @@ class Accepted:
     prompt_tokens: int
     # Recall had to be skipped (long-term memory unreachable): the answer rests on the window.
     recall_skipped: bool = False
+    # The caller's x-ratelimit-* headers, set by the limits (limits.py).
+    rate_limits: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

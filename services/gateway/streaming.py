@@ -39,8 +39,8 @@ async def first_event(events: AsyncIterator[Any]) -> Accepted:
 
 
 def decision_headers(accepted: Accepted) -> dict[str, str]:
-    """The agent and backend headers of a request, from its Accepted event."""
-    headers = {AGENT_HEADER: accepted.agent, BACKEND_HEADER: accepted.backend_model}
+    """The agent, backend and rate-limit headers of a request, from its Accepted event."""
+    headers = {AGENT_HEADER: accepted.agent, BACKEND_HEADER: accepted.backend_model, **accepted.rate_limits}
     return {name: value for name, value in headers.items() if value}
 
 

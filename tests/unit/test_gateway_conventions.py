@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from typing import Any
 
 import pytest
 
+from services.common.keys import KeyLimits, KeyStore
 from services.inference.instant import PrefixCache
 from tests.unit.mesh import API_KEY, MODEL, Mesh, MeshOptions
 
@@ -148,3 +150,40 @@ async def test_models_carry_a_stable_created_and_their_context_length(mesh: Mesh
     assert by_id[MODEL]["max_model_len"] == MeshOptions().context_length
     assert by_id["llmmesh"]["max_model_len"] == MeshOptions().context_length  # the model behind it
     assert one == by_id[MODEL]
+
+
+# -- rate-limit headers
+
+
+async def test_rate_limit_headers_for_the_limits_a_key_has(mesh: Mesh, valkey_url: str) -> None:
+    keys = KeyStore.from_url(valkey_url)
+    try:
+        limited, _ = await keys.create(f"t-{uuid.uuid4().hex[:8]}", "headers", KeyLimits(rpm=3, tpm=5000))
+        rpm_only, _ = await keys.create(f"t-{uuid.uuid4().hex[:8]}", "headers", KeyLimits(rpm=3))
+    finally:
+        await keys.close()
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+    auth = {"Authorization": f"Bearer {limited}"}
+    first = await mesh.http.post("/v1/chat/completions", json=chat, headers=auth)
+    second = await mesh.http.post("/v1/chat/completions", json={**chat, "stream": True}, headers=auth)
+    await mesh.http.post("/v1/chat/completions", json=chat, headers=auth)
+    refused = await mesh.http.post("/v1/chat/completions", json=chat, headers=auth)
+    unlimited = await mesh.chat("hi")
+    only_requests = await mesh.http.post(
+        "/v1/chat/completions", json=chat, headers={"Authorization": f"Bearer {rpm_only}"}
+    )
+
+    prompt = first.json()["usage"]["prompt_tokens"]
+    assert first.headers["x-ratelimit-limit-requests"] == "3"
+    assert first.headers["x-ratelimit-remaining-requests"] == "2"
+    assert 55 <= int(first.headers["x-ratelimit-reset-requests"].removesuffix("s")) <= 60
+    assert first.headers["x-ratelimit-limit-tokens"] == "5000"
+    assert first.headers["x-ratelimit-remaining-tokens"] == str(5000 - prompt - 10)  # reserved: prompt + max_tokens
+    assert first.headers["x-ratelimit-reset-tokens"] == "60s"
+    assert second.headers["x-ratelimit-remaining-requests"] == "1"
+    assert refused.status_code == 429
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert "retry-after" in refused.headers
+    assert not any(name.startswith("x-ratelimit") for name in unlimited.headers)
+    assert "x-ratelimit-limit-requests" in only_requests.headers
+    assert "x-ratelimit-limit-tokens" not in only_requests.headers
