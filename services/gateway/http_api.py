@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.context import REQUEST_ID_HEADER, accepted_request_id, request_id_var
 from services.common.errors import MeshError
-from services.gateway import chat, completions, embeddings, models, openapi, sessions, usage
+from services.gateway import chat, completions, cors, embeddings, models, openapi, sessions, usage
 from services.gateway.auth import Authenticator, Caller
 from services.gateway.clients import MeshClients
 from services.gateway.errors import APIError
@@ -148,7 +148,8 @@ def create_app(
 
     openapi.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware)  # outermost: even a 413 carries the request id
+    app.add_middleware(RequestContextMiddleware)  # even a 413 carries the request id
+    cors.install(app, settings.cors_origins)  # outermost, when set: every answer carries CORS
 
     async def caller(request: Request) -> Caller:
         """Who calls, from the API key (401 without a valid one)."""

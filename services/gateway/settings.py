@@ -65,8 +65,11 @@ class GatewaySettings(ServiceSettings):
     stream_lease_s: float = Field(default=60.0, gt=1)
     # Days the per-day usage counters (GET /v1/usage) are kept.
     usage_retention_days: int = Field(default=400, ge=1)
+    # Browser origins allowed to call the API (CORS), comma-separated, e.g.
+    # `https://app.example.com`; `*` for any. Empty: no CORS headers at all (the default).
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    @field_validator("inference_targets", mode="before")
+    @field_validator("inference_targets", "cors_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):

@@ -136,3 +136,44 @@ async def test_a_validation_error_names_the_param_wherever_it_came_from(mesh: An
     assert body_field.json()["error"]["param"] == "query"
     assert header.status_code == 400
     assert header.json()["error"]["param"] == "X-Session-Id"
+
+
+def _app_client(**settings: Any) -> TestClient:
+    config = GatewaySettings(**settings)
+    shared = connect(config.redis_url)
+    auth = Authenticator(config, KeyStore(shared))
+    limiter = Limiter(config, shared)
+    return TestClient(create_app(config, cast(ChatPipeline, None), MeshClients.connect(config), auth, limiter))
+
+
+def test_cors_is_off_unless_origins_are_set(client: TestClient) -> None:
+    response = client.get("/healthz", headers={"Origin": "https://app.example.com"})
+
+    assert "access-control-allow-origin" not in response.headers
+
+
+def test_cors_for_the_configured_origins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMMESH_GATEWAY_CORS_ORIGINS", "https://app.example.com, https://other.example.com")
+    app = _app_client()
+    preflight = app.options(
+        "/v1/chat/completions",
+        headers={
+            "Origin": "https://app.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, x-api-key, content-type, x-stainless-os",
+        },
+    )
+    refused = app.get("/v1/models", headers={"Origin": "https://app.example.com"})  # no key: a 401
+    stranger = app.options(
+        "/v1/models", headers={"Origin": "https://evil.example.com", "Access-Control-Request-Method": "GET"}
+    )
+
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://app.example.com"
+    allowed = preflight.headers["access-control-allow-headers"].lower()
+    assert {"authorization", "x-api-key", "content-type"} <= {h.strip() for h in allowed.split(",")}
+    assert refused.status_code == 401
+    assert refused.headers["access-control-allow-origin"] == "https://app.example.com"
+    exposed = refused.headers["access-control-expose-headers"].lower()
+    assert all(h in exposed for h in ("x-request-id", "x-session-id", "x-ratelimit-remaining-tokens"))
+    assert "access-control-allow-origin" not in stranger.headers
