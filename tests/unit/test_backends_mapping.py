@@ -13,7 +13,7 @@ from services.gateway.errors import APIError
 from services.inference.backends import anthropic, openai_compat
 from services.inference.backends.base import BackendUnavailableError, approx_tokens, fit_messages, status_error
 from services.inference.backends.config import BackendConfig
-from services.inference.domain import GenerationJob, PromptLimits, Sampling
+from services.inference.domain import End, GenerationJob, PromptLimits, Sampling
 
 COMPAT = BackendConfig(name="ollama", kind="openai-compatible", base_url="http://h/v1", models=["m"])
 CLAUDE = BackendConfig(name="claude", kind="anthropic", api_key_env="K", models=["m"])
@@ -252,8 +252,9 @@ async def test_openai_cached_tokens_come_from_prompt_tokens_details() -> None:
     async def create(**body: Any) -> _Stream:
         return _Stream(events)
 
-    backend._client.chat.completions.create = create  # type: ignore[method-assign]
+    backend._client.chat.completions.create = create  # type: ignore[method-assign,assignment]
     end = [event async for event in backend.generate(job(), "m")][-1]
+    assert isinstance(end, End)
 
     assert (end.prompt_tokens, end.completion_tokens, end.cached_tokens) == (2000, 1, 1920)
 
@@ -280,7 +281,8 @@ async def test_anthropic_cache_reads_are_cached_tokens_and_part_of_the_prompt(mo
     async def create(**body: Any) -> _Stream:
         return _Stream(events)
 
-    backend._client.messages.create = create  # type: ignore[method-assign]
+    backend._client.messages.create = create  # type: ignore[method-assign,assignment]
     end = [event async for event in backend.generate(job(), "m")][-1]
+    assert isinstance(end, End)
 
     assert (end.prompt_tokens, end.completion_tokens, end.cached_tokens) == (1040, 1, 1024)
