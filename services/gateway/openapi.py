@@ -1,5 +1,6 @@
 """The OpenAPI document as the gateway really answers: every error in OpenAI's shape with the
-status it is given (400 for a bad request, never FastAPI's 422), and Bearer authentication."""
+status it is given (400 for a bad request, never FastAPI's 422), and the API key's headers
+(Bearer, x-api-key, api-key)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
+
+from services.gateway.auth import API_KEY_HEADERS
 
 
 class ErrorDetail(BaseModel):
@@ -68,8 +71,12 @@ def install(app: FastAPI) -> None:
             schemas.update(schemas["ErrorResponse"].pop("$defs", {}))
             for name in ("HTTPValidationError", "ValidationError"):
                 schemas.pop(name, None)
-            doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-            doc["security"] = [{"bearer": []}]
+            # The key in any of the headers auth.py reads: each scheme is an alternative.
+            doc["components"]["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                **{name: {"type": "apiKey", "in": "header", "name": name} for name in API_KEY_HEADERS},
+            }
+            doc["security"] = [{"bearer": []}, *({name: []} for name in API_KEY_HEADERS)]
             error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
             for path, operations in doc["paths"].items():
                 for method, operation in operations.items():

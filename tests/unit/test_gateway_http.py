@@ -118,7 +118,7 @@ async def test_the_openapi_document_declares_the_errors_as_answered(mesh: Any) -
             schema = op["responses"][status]["content"]["application/json"]["schema"]
             assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (path, method, status)
     assert set(doc["components"]["schemas"]["ErrorDetail"]["properties"]) == {"message", "type", "param", "code"}
-    assert doc["security"] == [{"bearer": []}]
+    assert doc["security"] == [{"bearer": []}, {"x-api-key": []}, {"api-key": []}]
     chat = doc["paths"]["/v1/chat/completions"]["post"]["responses"]
     assert {"403", "404", "413", "429"} <= set(chat)
     assert "text/event-stream" in chat["200"]["content"]
