@@ -66,10 +66,11 @@ class Authenticator:
     async def tenant(self, authorization: str | None) -> str:
         return (await self.caller(authorization)).tenant
 
-    async def caller(self, authorization: str | None) -> Caller:
+    async def caller(self, authorization: str | None, api_key: str | None = None) -> Caller:
         """The caller. Without required keys, a request with no key is the default tenant's;
-        a key that is given is always checked."""
-        token = bearer_token(authorization)
+        a key that is given is always checked. `api_key`: Anthropic's `x-api-key` header, used
+        when there is no Bearer token."""
+        token = bearer_token(authorization) or (api_key or "").strip()
         if not token:
             if self._settings.require_api_key:
                 raise _unauthenticated(_MISSING)
