@@ -479,3 +479,16 @@ async def test_an_empty_answer_has_no_blocks_and_still_ends() -> None:
         b"event: message_delta",
         b"event: message_stop",
     ]
+
+
+async def test_the_openapi_document_declares_anthropics_errors_and_key(mesh: Mesh) -> None:
+    doc = (await mesh.http.get("/openapi.json")).json()
+
+    create = doc["paths"]["/v1/messages"]["post"]
+    assert {"400", "401", "403", "404", "429", "500", "503"} <= set(create["responses"])
+    error = create["responses"]["401"]["content"]["application/json"]["schema"]
+    assert error == {"$ref": "#/components/schemas/AnthropicErrorResponse"}
+    assert set(doc["components"]["schemas"]["AnthropicErrorResponse"]["properties"]) == {"type", "error"}
+    assert {"apiKey": []} in create["security"]
+    assert doc["components"]["securitySchemes"]["apiKey"] == {"type": "apiKey", "in": "header", "name": "x-api-key"}
+    assert "text/event-stream" in create["responses"]["200"]["content"]
