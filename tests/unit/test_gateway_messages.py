@@ -296,6 +296,36 @@ async def test_a_tool_result_round_trip_reaches_the_model(mesh: Mesh, client: an
     assert mesh.backend.last_prompt[3]["tool_call_id"] == mesh_tool_id(call.id)
 
 
+async def test_in_a_session_the_stored_call_and_the_clients_result_share_an_id(
+    mesh: Mesh, client: anthropic.AsyncAnthropic
+) -> None:
+    sid = f"anthropic-tools-{uuid.uuid4().hex[:8]}"
+    session = {"X-Session-Id": sid}
+    mesh.backend.script = HERMES_CALL
+    first = await client.messages.create(
+        model=MODEL, max_tokens=64, messages=ASK, tools=[WEATHER], extra_headers=session
+    )
+    call = next(b for b in first.content if b.type == "tool_use")
+    await mesh.stored()
+
+    mesh.backend.script = "It is 21 degrees."
+    result: Any = {"type": "tool_result", "tool_use_id": call.id, "content": '{"c": 21}'}
+    await client.messages.create(
+        model=MODEL,
+        max_tokens=64,
+        messages=[{"role": "user", "content": [result]}],
+        tools=[WEATHER],
+        extra_headers=session,
+    )
+    await mesh.stored()
+
+    _, turns = await mesh.store.context("default", sid)
+    stored = [m for turn in turns for m in turn.messages]
+    stored_call_id = json.loads(stored[1].tool_calls_json)[0]["id"]
+    assert stored_call_id.startswith("chatcmpl-tool-")  # the mesh's own id, as the engine made it
+    assert (stored[2].role, stored[2].tool_call_id) == ("tool", stored_call_id)
+
+
 async def test_an_error_tool_result_says_so_to_the_model(mesh: Mesh, client: anthropic.AsyncAnthropic) -> None:
     await client.messages.create(
         model=MODEL,
