@@ -31,7 +31,7 @@ from services.gateway.auth import Caller
 from services.gateway.clients import MeshClients
 from services.gateway.errors import APIError
 from services.gateway.limits import Limiter
-from services.gateway.pipeline import Accepted, ChatPipeline, ChatTurn, ChoiceDone, Delta, Done
+from services.gateway.pipeline import Accepted, ChatPipeline, ChatTurn, ChoiceDone, Delta, Done, merge_tool_calls
 from services.gateway.protocol import SESSION_ID_PATTERN
 from services.gateway.settings import GatewaySettings
 from services.gateway.streaming import (
@@ -152,6 +152,10 @@ def _stop_reason(finish_reason: str, tool_calls: bool) -> str:
     return "max_tokens" if finish_reason == "length" else "end_turn"
 
 
+def _tool_use_id(call_id: str) -> str:
+    return wire_tool_id(call_id) or f"toolu_{uuid.uuid4().hex}"
+
+
 def _tool_input(call: dict[str, Any]) -> dict[str, Any]:
     arguments = call["function"]["arguments"] or "{}"
     try:
@@ -193,11 +197,7 @@ class _Reply:
         async for event in events:
             if isinstance(event, Delta) and event.index == 0:
                 texts.append(event.text)
-                for piece in event.tool_calls:
-                    call = calls.setdefault(piece.index, {"id": "", "function": {"name": "", "arguments": ""}})
-                    call["id"] = piece.id or call["id"]
-                    call["function"]["name"] += piece.name
-                    call["function"]["arguments"] += piece.arguments
+                merge_tool_calls(calls, event.tool_calls)
             elif isinstance(event, ChoiceDone) and event.index == 0:
                 finish = event.finish_reason
             elif isinstance(event, Done):
@@ -206,7 +206,7 @@ class _Reply:
                 content += [
                     {
                         "type": "tool_use",
-                        "id": wire_tool_id(call["id"]) or f"toolu_{uuid.uuid4().hex}",
+                        "id": _tool_use_id(call["id"]),
                         "name": call["function"]["name"],
                         "input": _tool_input(call),
                     }
@@ -223,52 +223,19 @@ class _Reply:
             "cache_read_input_tokens": 0,
         }
         yield _event("message_start", {"message": self._message([], None, start_usage)})
-        blocks = 0  # content blocks opened so far
-        open_block: tuple[str, int] | None = None  # ("text", -1) or ("tool_use", call index)
-        finish, tool_calls = "stop", False
-
-        def open_(kind: str, key: int, block: dict[str, Any]) -> list[bytes]:
-            nonlocal blocks, open_block
-            out = close()
-            out.append(_event("content_block_start", {"index": blocks, "content_block": block}))
-            if blocks == 0:
-                out.append(_event("ping", {}))
-            open_block, blocks = (kind, key), blocks + 1
-            return out
-
-        def close() -> list[bytes]:
-            nonlocal open_block
-            if open_block is None:
-                return []
-            open_block = None
-            return [_event("content_block_stop", {"index": blocks - 1})]
-
+        blocks = _Blocks()
+        finish = "stop"
         try:
             async for event in events:
                 if isinstance(event, Delta) and event.index == 0:
-                    out: list[bytes] = []
-                    if event.text:
-                        if open_block != ("text", -1):
-                            out += open_("text", -1, {"type": "text", "text": ""})
-                        delta = {"type": "text_delta", "text": event.text}
-                        out.append(_event("content_block_delta", {"index": blocks - 1, "delta": delta}))
-                    for piece in event.tool_calls:
-                        tool_calls = True
-                        if open_block != ("tool_use", piece.index):
-                            call_id = wire_tool_id(piece.id) or f"toolu_{uuid.uuid4().hex}"
-                            block = {"type": "tool_use", "id": call_id, "name": piece.name, "input": {}}
-                            out += open_("tool_use", piece.index, block)
-                        if piece.arguments:
-                            delta = {"type": "input_json_delta", "partial_json": piece.arguments}
-                            out.append(_event("content_block_delta", {"index": blocks - 1, "delta": delta}))
-                    for chunk in out:
-                        yield chunk
+                    for frame in blocks.add(event):
+                        yield frame
                 elif isinstance(event, ChoiceDone) and event.index == 0:
                     finish = event.finish_reason
                 elif isinstance(event, Done):
-                    for chunk in close():
-                        yield chunk
-                    stop = {"stop_reason": _stop_reason(finish, tool_calls), "stop_sequence": None}
+                    for frame in blocks.close():
+                        yield frame
+                    stop = {"stop_reason": _stop_reason(finish, blocks.tool_calls), "stop_sequence": None}
                     output = {"output_tokens": _usage(event)["output_tokens"]}
                     yield _event("message_delta", {"delta": stop, "usage": output})
                     yield _event("message_stop", {})
@@ -278,3 +245,45 @@ class _Reply:
             # Headers are gone already: the error travels in the stream, as Anthropic sends it.
             body = APIError.from_mesh(exc).anthropic_body()
             yield _event("error", {"error": body["error"]})
+
+
+class _Blocks:
+    """The content blocks of a stream: text opens (or goes on in) a text block, a tool call's
+    first piece opens its tool_use block; opening one closes the one before."""
+
+    def __init__(self) -> None:
+        self.opened = 0
+        self.current: tuple[str, int] | None = None  # ("text", -1) or ("tool_use", call index)
+        self.tool_calls = False
+
+    def _open(self, key: tuple[str, int], block: dict[str, Any]) -> list[bytes]:
+        frames = self.close()
+        frames.append(_event("content_block_start", {"index": self.opened, "content_block": block}))
+        if self.opened == 0:
+            frames.append(_event("ping", {}))  # where Anthropic sends it
+        self.current, self.opened = key, self.opened + 1
+        return frames
+
+    def _delta(self, delta: dict[str, str]) -> bytes:
+        return _event("content_block_delta", {"index": self.opened - 1, "delta": delta})
+
+    def add(self, delta: Delta) -> list[bytes]:
+        frames: list[bytes] = []
+        if delta.text:
+            if self.current != ("text", -1):
+                frames += self._open(("text", -1), {"type": "text", "text": ""})
+            frames.append(self._delta({"type": "text_delta", "text": delta.text}))
+        for piece in delta.tool_calls:
+            self.tool_calls = True
+            if self.current != ("tool_use", piece.index):
+                block = {"type": "tool_use", "id": _tool_use_id(piece.id), "name": piece.name, "input": {}}
+                frames += self._open(("tool_use", piece.index), block)
+            if piece.arguments:
+                frames.append(self._delta({"type": "input_json_delta", "partial_json": piece.arguments}))
+        return frames
+
+    def close(self) -> list[bytes]:
+        if self.current is None:
+            return []
+        self.current = None
+        return [_event("content_block_stop", {"index": self.opened - 1})]
