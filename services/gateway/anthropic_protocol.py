@@ -5,7 +5,7 @@ fields, image and document blocks, server tools, extended thinking, assistant pr
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -29,7 +29,18 @@ def mesh_tool_id(wire_id: str) -> str:
 
 
 class _Strict(BaseModel):
+    """Unknown fields are refused; `refused` names the fields Anthropic defines that llmmesh
+    cannot honour, each accepted only absent or at its no-op values."""
+
     model_config = ConfigDict(extra="forbid")
+    refused: ClassVar[dict[str, tuple[Any, ...]]] = {}
+
+    @model_validator(mode="after")
+    def _refuse_what_cannot_be_honoured(self) -> Self:
+        for name, allowed in self.refused.items():
+            if getattr(self, name) not in allowed:
+                raise APIError.invalid(f"'{name}' is not supported by this server.", name, "unsupported_parameter")
+        return self
 
 
 class CacheControl(_Strict):
@@ -40,25 +51,36 @@ class CacheControl(_Strict):
 
 
 class TextBlock(_Strict):
+    refused: ClassVar[dict[str, tuple[Any, ...]]] = {"citations": (None, [])}
+
     type: Literal["text"]
     text: str
     cache_control: CacheControl | None = None
+    citations: list[Any] | None = None
 
 
 class ToolUseBlock(_Strict):
+    # `caller`: programmatic tool calling (from a code execution tool), which llmmesh has not.
+    refused: ClassVar[dict[str, tuple[Any, ...]]] = {"caller": (None, {"type": "direct"}), "toolset_name": (None,)}
+
     type: Literal["tool_use"]
     id: str = Field(min_length=1)
     name: str
     input: dict[str, Any]
     cache_control: CacheControl | None = None
+    caller: dict[str, Any] | None = None
+    toolset_name: str | None = None
 
 
 class ToolResultBlock(_Strict):
+    refused: ClassVar[dict[str, tuple[Any, ...]]] = {"toolset_name": (None,)}
+
     type: Literal["tool_result"]
     tool_use_id: str = Field(min_length=1)
     content: str | list[TextBlock] | None = None
     is_error: bool | None = None
     cache_control: CacheControl | None = None
+    toolset_name: str | None = None
 
     def text(self) -> str:
         content = self.content or ""
@@ -115,10 +137,14 @@ class MessageParam(_Strict):
 
 class ToolParam(_Strict):
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    # `strict`: a schema-exact call whatever the choice; only a forced `tool` choice is held to it.
+    refused: ClassVar[dict[str, tuple[Any, ...]]] = {"strict": (None, False)}
+
     description: str | None = None
     input_schema: dict[str, Any]
     type: Literal["custom"] | None = None
     cache_control: CacheControl | None = None
+    strict: bool | None = None
 
 
 class ToolChoice(_Strict):
@@ -129,20 +155,6 @@ class ToolChoice(_Strict):
 
 class Metadata(_Strict):
     user_id: str | None = Field(default=None, max_length=256)
-
-
-# Anthropic parameters llmmesh cannot honour: refused unless absent or set to their no-op value.
-_REFUSED: dict[str, tuple[Any, ...]] = {
-    "thinking": (None, {"type": "disabled"}),
-    "container": (None,),
-    "mcp_servers": (None, []),
-    "context_management": (None,),
-    "output_config": (None,),
-    "output_format": (None,),
-    "inference_geo": (None,),
-    "service_tier": (None, "auto", "standard_only"),
-    "speed": (None, "standard"),
-}
 
 
 def _refuse_blocks(data: Any) -> None:
@@ -184,6 +196,12 @@ def _refuse_blocks(data: Any) -> None:
 class PromptRequest(_Strict):
     """What /v1/messages and /v1/messages/count_tokens share: the model and the prompt."""
 
+    refused: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "thinking": (None, {"type": "disabled"}),
+        "mcp_servers": (None, []),
+        "context_management": (None,),
+    }
+
     model: str = Field(min_length=1)
     messages: list[MessageParam] = Field(min_length=1)
     system: str | list[TextBlock] | None = None
@@ -200,10 +218,7 @@ class PromptRequest(_Strict):
         return data
 
     @model_validator(mode="after")
-    def _refuse(self) -> PromptRequest:
-        for name, allowed in _REFUSED.items():
-            if getattr(self, name, None) not in allowed:
-                raise APIError.invalid(f"'{name}' is not supported by this server.", name, "unsupported_parameter")
+    def _refuse_prefill(self) -> PromptRequest:
         if self.messages[-1].role != "user":
             # The chat template would open a new assistant turn: the answer could not continue it.
             raise APIError.invalid(
@@ -258,6 +273,16 @@ class PromptRequest(_Strict):
 
 
 class MessagesRequest(PromptRequest):
+    refused: ClassVar[dict[str, tuple[Any, ...]]] = {
+        **PromptRequest.refused,
+        "container": (None,),
+        "output_config": (None,),
+        "output_format": (None,),
+        "inference_geo": (None,),
+        "service_tier": (None, "auto", "standard_only"),
+        "speed": (None, "standard"),
+    }
+
     max_tokens: int = Field(ge=1, le=INT32_MAX)
     stop_sequences: list[str] | None = None
     temperature: float | None = Field(default=None, ge=0, le=1)

@@ -416,6 +416,11 @@ async def test_x_api_key_is_accepted_and_a_wrong_one_is_401(mesh: Mesh) -> None:
         ({"tools": [WEATHER], "tool_choice": {"type": "tool", "name": "nope"}}, "nope"),
         ({"tool_choice": {"type": "any"}}, "tool_choice"),
         ({"metadata": {"user_id": "u", "session": "s"}}, "session"),
+        ({"tools": [{**WEATHER, "strict": True}]}, "strict"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "citations": [{"x": 1}]}]}]},
+            "citations",
+        ),
     ],
 )
 async def test_what_cannot_be_honoured_is_a_400_naming_it(mesh: Mesh, change: dict[str, Any], named: str) -> None:
@@ -427,6 +432,25 @@ async def test_what_cannot_be_honoured_is_a_400_naming_it(mesh: Mesh, change: di
     error = strict(ErrorResponse, response.json())
     assert error.error.type == "invalid_request_error"
     assert named in error.error.message
+
+
+async def test_parameters_at_their_no_op_values_are_accepted(mesh: Mesh) -> None:
+    cache: Any = {"type": "ephemeral"}
+    body = {
+        "model": MODEL,
+        "max_tokens": 2,
+        "system": [{"type": "text", "text": "Be terse.", "cache_control": cache}, {"type": "text", "text": "Be kind."}],
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi", "citations": None}]}],
+        "tools": [{**WEATHER, "strict": False, "cache_control": cache}],
+        "thinking": {"type": "disabled"},
+        "service_tier": "auto",
+        "cache_control": cache,
+        "metadata": {"user_id": None},
+    }
+    response = await mesh.http.post("/v1/messages", json=body, headers={"anthropic-version": "2023-06-01"})
+
+    assert response.status_code == 200, response.text
+    assert mesh.backend.last_prompt[0]["content"].startswith("Be terse.\n\nBe kind.")
 
 
 async def test_a_bad_request_through_the_sdk_is_bad_request_error(client: anthropic.AsyncAnthropic) -> None:
