@@ -367,6 +367,9 @@ async def test_count_tokens_counts_with_the_models_template(mesh: Mesh, client: 
         model=MODEL, messages=[{"role": "user", "content": "How many tokens is this, now that it is longer?"}]
     )
     assert longer.input_tokens > len(tokenizer.encode_chat(messages))
+    # What the model is given for the same request (no session: nothing but the request).
+    answered = await client.messages.create(model=MODEL, max_tokens=1, system="S", messages=messages)
+    assert answered.usage.input_tokens == counted.input_tokens
 
 
 async def test_x_api_key_is_accepted_and_a_wrong_one_is_401(mesh: Mesh) -> None:
