@@ -157,6 +157,20 @@ class Metadata(_Strict):
     user_id: str | None = Field(default=None, max_length=256)
 
 
+def _lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_lone_surrogate(item) for item in value)
+    return False
+
+
 def _refuse_blocks(data: Any) -> None:
     """400s naming what cannot be honoured, before the fields are parsed (a union's own error
     would list every block type instead of naming the one that is wrong)."""
@@ -214,6 +228,8 @@ class PromptRequest(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _refuse_content(cls, data: Any) -> Any:
+        if _lone_surrogate(data):  # JSON may escape one (\ud800); no proto string can carry it
+            raise APIError.invalid("The request contains text that is not valid Unicode (a lone surrogate).")
         _refuse_blocks(data)
         return data
 

@@ -437,6 +437,33 @@ async def test_what_cannot_be_honoured_is_a_400_naming_it(mesh: Mesh, change: di
     assert named in error.error.message
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"messages": [{"role": "user", "content": "\ud800 lone surrogate"}]},
+        {"system": "nul \u0000 char"},
+        {"metadata": {"user_id": "\ud800"}},
+        {"stop_sequences": ["\ud800"]},
+        {"tools": [{"name": "f", "input_schema": {"type": 5}}]},
+        {"tools": [{"name": "f", "input_schema": {"type": "object"}}], "tool_choice": {"type": "tool"}},
+        {"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "x", "content": [{}]}]}]},
+        {"messages": [{"role": "user", "content": [{"no": "type"}]}]},
+        {"messages": [{"role": "user", "content": [5]}]},
+        {"messages": []},
+        {"max_tokens": 2**40},
+        {"max_tokens": 2**70, "temperature": 1e308},
+    ],
+)
+async def test_odd_input_is_never_a_5xx(mesh: Mesh, change: dict[str, Any]) -> None:
+    body = json.dumps({"model": MODEL, "max_tokens": 4, "messages": ASK, **change})
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        response = await mesh.http.post(path, content=body, headers={"Content-Type": "application/json"})
+
+        assert response.status_code < 500, (path, response.text)
+        if response.status_code >= 400:
+            strict(ErrorResponse, response.json())
+
+
 async def test_parameters_at_their_no_op_values_are_accepted(mesh: Mesh) -> None:
     cache: Any = {"type": "ephemeral"}
     body = {
