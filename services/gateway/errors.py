@@ -1,4 +1,5 @@
-"""OpenAI's error shape, and the one mapping from mesh errors (gRPC statuses) to it."""
+"""OpenAI's error shape (and Anthropic's, for the Messages API), and the one mapping from mesh
+errors (gRPC statuses) to it."""
 
 from __future__ import annotations
 
@@ -21,6 +22,20 @@ _HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
     grpc.StatusCode.CANCELLED: (499, "request_cancelled"),
     grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable"),
     grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout"),
+}
+
+# HTTP status -> Anthropic's error type (the Messages API's routes); any other 5xx: api_error.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    499: "invalid_request_error",
+    503: "overloaded_error",
+    504: "timeout_error",
 }
 
 
@@ -89,3 +104,8 @@ class APIError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def anthropic_body(self) -> dict[str, Any]:
+        """The same error in Anthropic's shape (same status)."""
+        type_ = _ANTHROPIC_TYPES.get(self.status, "api_error" if self.status >= 500 else "invalid_request_error")
+        return {"type": "error", "error": {"type": type_, "message": self.message}}

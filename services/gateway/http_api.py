@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.context import REQUEST_ID_HEADER, accepted_request_id, request_id_var
 from services.common.errors import MeshError
-from services.gateway import chat, completions, cors, embeddings, models, openapi, sessions, usage
+from services.gateway import chat, completions, cors, embeddings, messages, models, openapi, sessions, usage
 from services.gateway.auth import Authenticator, Caller
 from services.gateway.clients import MeshClients
 from services.gateway.errors import APIError
@@ -31,8 +31,10 @@ HTTP_REQUESTS = Counter(
 )
 
 
-def _error_response(error: APIError, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers={**error.headers, **(headers or {})})
+def _error_response(error: APIError, headers: dict[str, str] | None = None, path: str = "") -> JSONResponse:
+    """The error in OpenAI's shape, or Anthropic's on the Messages API's routes."""
+    body = error.anthropic_body() if messages.is_messages_path(path) else error.body()
+    return JSONResponse(body, status_code=error.status, headers={**error.headers, **(headers or {})})
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -45,12 +47,16 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     param = ".".join(loc) or None
     if first.get("type") == "missing":
         return f"Missing required parameter: '{param}'.", param
+    if first.get("type") == "extra_forbidden":  # the APIs whose request models are strict
+        return f"Unknown parameter: '{param}'.", param
     return f"Invalid value for '{param}': {first.get('msg', 'invalid')}.", param
 
 
 _KNOWN_ROUTES = {
     "/v1/chat/completions",
     "/v1/completions",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
     "/v1/embeddings",
     "/v1/models",
     "/v1/usage",
@@ -111,7 +117,7 @@ class BodyLimitMiddleware:
             "invalid_request_error",
             "request_too_large",
         )
-        await _error_response(error)(scope, receive, send)
+        await _error_response(error, path=scope["path"])(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -160,6 +166,7 @@ def create_app(
 
     app.include_router(chat.create_router(pipeline, caller, limiter))
     app.include_router(completions.create_router(pipeline, caller, limiter))
+    app.include_router(messages.create_router(settings, pipeline, clients, caller, limiter))
     app.include_router(usage.create_router(limiter.usage, caller))
     app.include_router(models.create_router(settings, pipeline, tenant))
     app.include_router(sessions.create_router(settings, clients, tenant))
@@ -168,30 +175,31 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
-        return _error_response(APIError.invalid(message, param))
+        return _error_response(APIError.invalid(message, param), path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return _error_response(APIError(exc.status_code, str(exc.detail), type_))
+        return _error_response(APIError(exc.status_code, str(exc.detail), type_), path=request.url.path)
 
     @app.exception_handler(APIError)
     async def on_api_error(request: Request, exc: APIError) -> JSONResponse:
-        return _error_response(exc)
+        return _error_response(exc, path=request.url.path)
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return _error_response(APIError(500, "The server had an error while processing your request.", "server_error"))
+        error = APIError(500, "The server had an error while processing your request.", "server_error")
+        return _error_response(error, path=request.url.path)
 
     @app.exception_handler(MeshError)
     async def on_mesh_error(request: Request, exc: MeshError) -> JSONResponse:
-        return _error_response(APIError.from_mesh(exc, settings.retry_after_s))
+        return _error_response(APIError.from_mesh(exc, settings.retry_after_s), path=request.url.path)
 
     @app.exception_handler(grpc.aio.AioRpcError)
     async def on_rpc_error(request: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
         # A route that calls an internal service directly: its status is the answer.
-        return _error_response(APIError.from_rpc(exc, settings.retry_after_s))
+        return _error_response(APIError.from_rpc(exc, settings.retry_after_s), path=request.url.path)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

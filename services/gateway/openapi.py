@@ -4,7 +4,7 @@ status it is given (400 for a bad request, never FastAPI's 422), and the API key
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -26,6 +26,18 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicErrorResponse(BaseModel):
+    """Anthropic's error object: the Messages API's routes answer errors in it."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+
+
 _WHY = {
     "400": "The request is invalid; `param` names what is wrong.",
     "401": "No API key, or not a valid one.",
@@ -37,12 +49,22 @@ _WHY = {
     "500": "A bug; the message carries no internals.",
     "503": "A dependency is down; `Retry-After` says when to retry.",
 }
-_GENERATION = ("/v1/chat/completions", "/v1/completions")
+_GENERATION = ("/v1/chat/completions", "/v1/completions", "/v1/messages")
 _SSE = {
     "schema": {
         "type": "string",
         "description": "With `stream: true`: `data: <chunk JSON>` events, an error event in OpenAI's shape "
         "if the generation fails after the first byte, then `data: [DONE]`.",
+    }
+}
+
+
+_ANTHROPIC_SSE = {
+    "schema": {
+        "type": "string",
+        "description": "With `stream: true`: `event: <type>` / `data: <event JSON>` frames in Anthropic's order "
+        "(message_start, content blocks, message_delta, message_stop), or an `error` event if the generation "
+        "fails after the first byte.",
     }
 }
 
@@ -69,6 +91,9 @@ def install(app: FastAPI) -> None:
             schemas = doc.setdefault("components", {}).setdefault("schemas", {})
             schemas["ErrorResponse"] = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(schemas["ErrorResponse"].pop("$defs", {}))
+            anthropic = AnthropicErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(anthropic.pop("$defs", {}))
+            schemas["AnthropicErrorResponse"] = anthropic
             for name in ("HTTPValidationError", "ValidationError"):
                 schemas.pop(name, None)
             # The key in any of the headers auth.py reads: each scheme is an alternative.
@@ -77,15 +102,20 @@ def install(app: FastAPI) -> None:
                 **{name: {"type": "apiKey", "in": "header", "name": name} for name in API_KEY_HEADERS},
             }
             doc["security"] = [{"bearer": []}, *({name: []} for name in API_KEY_HEADERS)]
-            error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
             for path, operations in doc["paths"].items():
                 for method, operation in operations.items():
                     responses = operation.setdefault("responses", {})
                     responses.pop("422", None)
+                    shape = "ErrorResponse"
+                    if path.startswith("/v1/messages"):  # Anthropic's API: its error shape, its key header
+                        shape = "AnthropicErrorResponse"
+                        operation["security"] = [{"x-api-key": []}, {"bearer": []}]
+                    error = {"application/json": {"schema": {"$ref": f"#/components/schemas/{shape}"}}}
                     for status in _statuses(path, method):
                         responses[status] = {"description": _WHY[status], "content": error}
                     if path in _GENERATION:
-                        responses["200"].setdefault("content", {})["text/event-stream"] = _SSE
+                        sse = _ANTHROPIC_SSE if path.startswith("/v1/messages") else _SSE
+                        responses["200"].setdefault("content", {})["text/event-stream"] = sse
             app.openapi_schema = doc
         return app.openapi_schema
 

@@ -4,8 +4,8 @@ schemathesis generates requests from the stack's own OpenAPI document (read thro
 every operation in it: requests that fit the schema and requests that break it. They go out
 with a valid API key, and mostly with a valid model name (else nearly every request would stop
 at `model_not_found`), so they reach the real pipeline. The answer to every one must be below
-500 and, when it is an error, in OpenAI's shape; every process of the stack must still run at
-the end. The counts by status are printed.
+500 and, when it is an error, in OpenAI's shape (Anthropic's on /v1/messages*); every process
+of the stack must still run at the end. The counts by status are printed.
 
 Every service and hop is real: Envoy, the gateway, the router, the memory service with its
 Redis-protocol server and embedded Qdrant, the inference service with its embedding model. Only
@@ -71,6 +71,18 @@ def _logged_errors(stack: RunningStack, most: int = 5) -> str:
     return "\n".join(f"{line[:200]} ... {line[-800:]}" if len(line) > 1000 else line for line in lines[-most:])
 
 
+def _anthropic_error_shape(payload: Any) -> str | None:
+    """What is wrong with an error body of the Messages API; None when it is Anthropic's shape."""
+    if not isinstance(payload, dict) or set(payload) != {"type", "error"} or payload["type"] != "error":
+        return "not {'type': 'error', 'error': {...}}"
+    error = payload["error"]
+    if not isinstance(error, dict) or set(error) != {"type", "message"}:
+        return "error fields are not ['message', 'type']"
+    if not isinstance(error["message"], str) or not error["message"] or not isinstance(error["type"], str):
+        return "message or type is not a non-empty string"
+    return None
+
+
 def _error_shape(payload: Any) -> str | None:
     """What is wrong with an error body; None when it is OpenAI's shape."""
     if not isinstance(payload, dict) or set(payload) != {"error"}:
@@ -120,15 +132,16 @@ class Fuzz:
         self.by_status[response.status_code] += 1
         self.by_operation.setdefault(operation, Counter())[response.status_code] += 1
         wrong = None
+        shape = _anthropic_error_shape if case.operation.path.startswith("/v1/messages") else _error_shape
         if response.status_code >= 500:
             wrong = "a 5xx"
         elif response.status_code >= 400:
             try:
-                wrong = _error_shape(json.loads(response.content))
+                wrong = shape(json.loads(response.content))
             except ValueError:
                 wrong = "not JSON"
         elif any(k.lower() == "content-type" and "text/event-stream" in str(v) for k, v in response.headers.items()):
-            wrong = next(filter(None, map(_error_shape, _stream_errors(response.content.decode()))), None)
+            wrong = next(filter(None, map(shape, _stream_errors(response.content.decode()))), None)
         if wrong:
             sent: dict[str, Any] = {
                 "path": case.path_parameters,

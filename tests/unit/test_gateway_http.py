@@ -116,7 +116,8 @@ async def test_the_openapi_document_declares_the_errors_as_answered(mesh: Any) -
         assert "422" not in op["responses"], (path, method)  # a bad request is a 400 here
         for status in ("400", "401", "500", "503"):
             schema = op["responses"][status]["content"]["application/json"]["schema"]
-            assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (path, method, status)
+            shape = "AnthropicErrorResponse" if path.startswith("/v1/messages") else "ErrorResponse"
+            assert schema == {"$ref": f"#/components/schemas/{shape}"}, (path, method, status)
     assert set(doc["components"]["schemas"]["ErrorDetail"]["properties"]) == {"message", "type", "param", "code"}
     assert doc["security"] == [{"bearer": []}, {"x-api-key": []}, {"api-key": []}]
     chat = doc["paths"]["/v1/chat/completions"]["post"]["responses"]
