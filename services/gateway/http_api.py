@@ -16,12 +16,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.common.context import REQUEST_ID_HEADER, new_request_id, request_id_var
 from services.common.errors import MeshError
 from services.gateway import chat, completions, embeddings, models, openapi, sessions, usage
-from services.gateway import responses as responses_api
 from services.gateway.auth import Authenticator, Caller
 from services.gateway.clients import MeshClients
+from services.gateway.conversations import create_router as conversations_router
 from services.gateway.errors import APIError
 from services.gateway.limits import Limiter
 from services.gateway.pipeline import ChatPipeline
+from services.gateway.responses import create_router as responses_router
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ _KNOWN_ROUTES = {
     "/v1/memories",
     "/v1/memories/search",
     "/v1/responses",
+    "/v1/conversations",
     "/healthz",
     "/metrics",
     "/docs",
@@ -165,7 +167,8 @@ def create_app(
     app.include_router(models.create_router(settings, pipeline, tenant))
     app.include_router(sessions.create_router(settings, clients, tenant))
     app.include_router(embeddings.create_router(settings, clients, caller, limiter.usage))
-    app.include_router(responses_api.create_router(settings, pipeline, clients, caller, limiter))
+    app.include_router(responses_router(settings, pipeline, clients, caller, limiter))
+    app.include_router(conversations_router(settings, pipeline, clients, caller))
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
