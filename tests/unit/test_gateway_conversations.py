@@ -176,3 +176,17 @@ async def test_response_object_in_a_conversation_is_strict(mesh: Mesh, sdk: open
     conversation = await sdk.conversations.create()
     raw = await mesh.http.post("/v1/responses", json={"model": MODEL, "input": "hi", "conversation": conversation.id})
     Response.model_validate(raw.json(), strict=True)
+
+
+async def test_one_item_of_a_message_with_several_is_not_deleted_alone(mesh: Mesh, sdk: openai.AsyncOpenAI) -> None:
+    conversation = await sdk.conversations.create()
+    mesh.backend.script = 'Checking. <tool_call> {"name": "get_weather", "arguments": {"city": "Rome"}} </tool_call>'
+    tool: Any = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}
+    answer = await sdk.responses.create(model=MODEL, input="Rome?", tools=[tool], conversation=conversation.id)
+    assert [o.type for o in answer.output] == ["message", "function_call"]
+
+    with pytest.raises(openai.BadRequestError):
+        await sdk.conversations.items.delete(str(answer.output[1].id), conversation_id=conversation.id)
+
+    items = (await sdk.conversations.items.list(conversation.id, order="asc")).data
+    assert [i.id for i in items][-2:] == [answer.output[0].id, answer.output[1].id]

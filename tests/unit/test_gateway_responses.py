@@ -6,6 +6,7 @@ tenancy and the 400s for what is refused. The instant backend answers (`backend.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -13,7 +14,9 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from tests.unit.mesh import API_KEY, MODEL, OTHER_KEY, Mesh
+from services.inference.embedder import Embedder
+from services.inference.engine import ChatTokenizer
+from tests.unit.mesh import API_KEY, MODEL, OTHER_KEY, Mesh, MeshOptions, in_process_mesh
 
 WEATHER: Any = {
     "type": "function",
@@ -311,3 +314,33 @@ async def test_unknown_previous_response_is_404(mesh: Mesh) -> None:
     raw = await mesh.http.post("/v1/responses", json={"model": MODEL, "input": "x", "previous_response_id": "resp_no"})
     assert raw.status_code == 404
     assert raw.json()["error"]["param"] == "previous_response_id"
+
+
+async def test_truncation_disabled_refuses_a_history_that_does_not_fit(
+    valkey_url: str, tmp_path: Path, smollm2_tokenizer: ChatTokenizer, embedder: Embedder
+) -> None:
+    options = MeshOptions(context_length=1024, completion_reserve=64, indexer=False)
+    async with in_process_mesh(valkey_url, tmp_path, smollm2_tokenizer, embedder, options) as small:
+        sdk = openai.AsyncOpenAI(base_url=f"{small.http.base_url}/v1", api_key=API_KEY, max_retries=0)
+        small.backend.script = "ok"
+        words = "river mountain copper lantern orchard violin harbor meadow " * 25
+        previous, refused = None, None
+        for turn in range(8):  # truncation defaults to disabled, as OpenAI's
+            try:
+                reply = await sdk.responses.create(
+                    model=MODEL, input=f"{turn} {words}", previous_response_id=previous, max_output_tokens=4
+                )
+            except openai.BadRequestError as exc:
+                refused = (turn, exc)
+                break
+            previous = reply.id
+        assert refused is not None
+        assert refused[0] >= 2
+        assert refused[1].code == "context_length_exceeded"
+
+        fitted = await sdk.responses.create(
+            model=MODEL, input=f"9 {words}", previous_response_id=previous, truncation="auto", max_output_tokens=4
+        )
+        assert fitted.status == "completed"
+        assert fitted.usage is not None
+        assert fitted.usage.input_tokens + 4 <= 1024
