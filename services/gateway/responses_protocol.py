@@ -266,7 +266,9 @@ def input_messages(input_: str | list[dict[str, Any]], param: str = "input") -> 
     """Input items as chat messages: messages, function calls (grouped into the assistant
     message they follow) and function call outputs (tool messages). Other items are a 400."""
     if isinstance(input_, str):
-        return [common_pb2.ChatMessage(role="user", content=input_)] if input_ else []
+        if not input_:
+            raise APIError.invalid("'input' must not be empty.", param)
+        return [common_pb2.ChatMessage(role="user", content=input_)]
     out: list[common_pb2.ChatMessage] = []
     for i, item in enumerate(input_):
         where = f"{param}[{i}]"

@@ -302,6 +302,10 @@ async def test_input_tokens_counts_the_prompt(mesh: Mesh) -> None:
         ({"previous_response_id": "resp_x", "conversation": "conv_x"}, "previous_response_id"),
         ({"modalities": ["text"]}, "modalities"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
+        ({"input": ""}, "input"),
+        ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
+        ({"tool_choice": {"type": "function", "name": "nope"}, "tools": [WEATHER]}, "tool_choice"),
+        ({"text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format"),
     ],
 )
 async def test_refused_inputs_are_400_naming_the_field(mesh: Mesh, extra: dict[str, Any], param: str) -> None:
