@@ -214,7 +214,15 @@ def create_router(
         return {"object": "response.input_tokens", "input_tokens": reply.prompt_tokens}
 
     @router.get("/v1/responses/{response_id}")
-    async def get_response(response_id: str, caller_: Caller = Depends(caller)) -> dict[str, Any]:
+    async def get_response(
+        response_id: str,
+        stream: bool = Query(default=False),
+        caller_: Caller = Depends(caller),
+    ) -> dict[str, Any]:
+        if stream:
+            raise APIError.invalid(
+                "Replaying a stored response as a stream is not supported.", "stream", "unsupported_parameter"
+            )
         record = await memory.response(caller_.tenant, response_id)
         out: dict[str, Any] = json.loads(record.body_json)
         return out

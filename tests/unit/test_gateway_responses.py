@@ -70,6 +70,10 @@ async def test_create_retrieve_and_input_items(mesh: Mesh, sdk: openai.AsyncOpen
     assert [(i.type, getattr(i, "role", None)) for i in items.data] == [("message", "system"), ("message", "user")]
     assert items.data[1].model_dump()["content"][0]["text"] == "What is the capital of France?"
 
+    replay = await mesh.http.get(f"/v1/responses/{created.id}", params={"stream": "true"})
+    assert replay.status_code == 400
+    assert replay.json()["error"]["param"] == "stream"
+
     other = await mesh.http.post("/v1/responses", json={"model": MODEL, "input": "hi"})
     assert other.json()["id"] != created.id
 
