@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmmesh.memory.v1 import memory_pb2
@@ -25,7 +25,13 @@ from services.gateway.clients import MeshClients
 from services.gateway.errors import APIError
 from services.gateway.pipeline import ChatPipeline
 from services.gateway.responses import MemoryCalls, new_session_id, not_found, page
-from services.gateway.responses_protocol import MAX_METADATA, input_messages, message_items, parse_item_id
+from services.gateway.responses_protocol import (
+    MAX_METADATA,
+    check_metadata,
+    input_messages,
+    message_items,
+    parse_item_id,
+)
 from services.gateway.sessions import list_object
 from services.gateway.settings import GatewaySettings
 
@@ -57,10 +63,10 @@ def conversation_object(session: memory_pb2.Session) -> dict[str, Any]:
     }
 
 
-def _check_metadata(metadata: dict[str, str] | None) -> None:
-    for key, value in (metadata or {}).items():
-        if len(key) > 64 or len(value) > 512:
-            raise APIError.invalid("metadata keys are at most 64 characters, values at most 512.", "metadata")
+def _no_include(request: Request) -> None:
+    """`include` (sent as include[] by the SDK) is refused, not dropped."""
+    if any(name == "include" or name.startswith("include[") for name in request.query_params):
+        raise APIError.invalid("'include' is not supported for conversation items.", "include", "unsupported_parameter")
 
 
 def create_router(
@@ -109,7 +115,7 @@ def create_router(
 
     @router.post("/v1/conversations")
     async def create_conversation(body: CreateConversation, caller_: Caller = Depends(caller)) -> dict[str, Any]:
-        _check_metadata(body.metadata)
+        check_metadata(body.metadata)
         if body.items:
             input_messages(body.items, "items")  # a bad item is a 400 before anything is made
         reply = await memory(
@@ -130,7 +136,7 @@ def create_router(
     async def update_conversation(
         conversation_id: str, body: UpdateConversation, caller_: Caller = Depends(caller)
     ) -> dict[str, Any]:
-        _check_metadata(body.metadata)
+        check_metadata(body.metadata)
         await session(caller_.tenant, conversation_id)
         request = memory_pb2.UpdateSessionRequest(
             tenant=caller_.tenant, session_id=conversation_id, replace_metadata=True, metadata=body.metadata
@@ -152,17 +158,25 @@ def create_router(
     @router.get("/v1/conversations/{conversation_id}/items")
     async def list_items(
         conversation_id: str,
+        request: Request,
         after: str | None = Query(default=None, max_length=256),
         limit: int = Query(default=20, ge=1, le=100),
         order: str = Query(default="desc", pattern="^(asc|desc)$"),
         caller_: Caller = Depends(caller),
     ) -> dict[str, Any]:
+        _no_include(request)
         turns = await memory.turns(caller_.tenant, conversation_id, "conversation", None)
         items = [item for t in turns for i, m in enumerate(t.messages) for item in message_items(t.turn_id, i, m)]
         return page(items, after, limit, order)
 
     @router.post("/v1/conversations/{conversation_id}/items")
-    async def add_items(conversation_id: str, body: AddItems, caller_: Caller = Depends(caller)) -> dict[str, Any]:
+    async def add_items(
+        conversation_id: str,
+        body: AddItems,
+        request: Request,
+        caller_: Caller = Depends(caller),
+    ) -> dict[str, Any]:
+        _no_include(request)
         await memory.turns(caller_.tenant, conversation_id, "conversation", None)  # exists; pending turns first
         return list_object(await append(caller_.tenant, conversation_id, body.items))
 

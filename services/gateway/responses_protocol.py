@@ -111,6 +111,7 @@ class ResponseRequest(BaseModel):
             raise APIError.invalid(
                 "'previous_response_id' and 'conversation' cannot be used together.", "previous_response_id"
             )
+        check_metadata(self.metadata)
         if self.top_logprobs and not self.logprobs:
             raise APIError.invalid(f"'top_logprobs' requires include=['{LOGPROBS_INCLUDE}'].", "top_logprobs")
 
@@ -230,6 +231,13 @@ class ResponseRequest(BaseModel):
             "user": self.user,
             "background": False,
         }
+
+
+def check_metadata(metadata: dict[str, str] | None) -> None:
+    """OpenAI's metadata limits (the count is the field's own): keys 64, values 512 characters."""
+    for key, value in (metadata or {}).items():
+        if len(key) > 64 or len(value) > 512:
+            raise APIError.invalid("metadata keys are at most 64 characters, values at most 512.", "metadata")
 
 
 def _unsupported(message: str, param: str) -> APIError:

@@ -131,6 +131,8 @@ async def test_deleting_an_item_erases_it_and_keeps_the_other_ids(mesh: Mesh, sd
     assert "I like green tea." in contents
     with pytest.raises(openai.NotFoundError):
         await sdk.conversations.items.retrieve(str(before[0].id), conversation_id=conversation.id)
+    with pytest.raises(openai.BadRequestError):
+        await sdk.conversations.items.list(conversation.id, include=["message.output_text.logprobs"])
 
 
 async def test_another_tenants_conversation_is_not_found(mesh: Mesh, sdk: openai.AsyncOpenAI) -> None:
@@ -164,6 +166,7 @@ async def test_answering_in_an_unknown_conversation_is_404(mesh: Mesh) -> None:
         ),
         ({"items": [{"type": "web_search_call"}]}, "items[0].type"),
         ({"items": [{"type": "message", "role": "critic", "content": "x"}]}, "items[0].role"),
+        ({"metadata": {"k" * 65: "v"}}, "metadata"),
     ],
 )
 async def test_bad_conversations_are_400_naming_the_field(mesh: Mesh, body: dict[str, Any], param: str) -> None:
