@@ -18,9 +18,11 @@ from services.common.errors import MeshError
 from services.gateway import chat, completions, cors, embeddings, messages, models, openapi, sessions, usage
 from services.gateway.auth import Authenticator, Caller
 from services.gateway.clients import MeshClients
+from services.gateway.conversations import create_router as conversations_router
 from services.gateway.errors import APIError
 from services.gateway.limits import Limiter
 from services.gateway.pipeline import ChatPipeline
+from services.gateway.responses import create_router as responses_router
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,8 @@ _KNOWN_ROUTES = {
     "/v1/sessions",
     "/v1/memories",
     "/v1/memories/search",
+    "/v1/responses",
+    "/v1/conversations",
     "/healthz",
     "/metrics",
     "/docs",
@@ -171,6 +175,8 @@ def create_app(
     app.include_router(models.create_router(settings, pipeline, tenant))
     app.include_router(sessions.create_router(settings, clients, tenant))
     app.include_router(embeddings.create_router(settings, clients, caller, limiter.usage))
+    app.include_router(responses_router(settings, pipeline, clients, caller, limiter))
+    app.include_router(conversations_router(settings, pipeline, clients, caller))
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

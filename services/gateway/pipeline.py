@@ -82,6 +82,8 @@ class ChatTurn:
     agent: str = ""
     # False once the agent's memory policy is stateless: the session is neither read nor stored.
     uses_memory: bool = True
+    # False: the session is read but this turn is not stored (the Responses API's store=false).
+    remember: bool = True
     started_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     # Unique per turn (the request id may repeat: clients may send their own).
     turn_id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -110,6 +112,8 @@ class Accepted:
     prompt_tokens: int
     # Recall had to be skipped (long-term memory unreachable): the answer rests on the window.
     recall_skipped: bool = False
+    # History turns left out of the prompt so it fits the model's context.
+    dropped_turns: int = 0
     # The caller's x-ratelimit-* headers, set by the limits (limits.py).
     rate_limits: dict[str, str] = field(default_factory=dict)
 
@@ -235,6 +239,12 @@ class ChatPipeline:
         await self.drain(self._settings.append_retry_s)
         await self._clients.close()
 
+    async def stored(self, tenant: str, session_id: str) -> None:
+        """Waits (bounded) until this replica's newest turn of the session is stored."""
+        previous = self._last_append.get((tenant, session_id))
+        if previous is not None and not previous.done():
+            await asyncio.wait({previous}, timeout=self._settings.append_retry_s)
+
     async def list_models(self) -> list[router_pb2.Model]:
         try:
             reply = await self._clients.router.ListModels(
@@ -348,6 +358,7 @@ class ChatPipeline:
                         reply.started.backend_model or route.backend_model,
                         reply.started.prompt_tokens,
                         context.recall_skipped,
+                        dropped,
                     )
                 elif kind == "delta":
                     delta = reply.delta
@@ -375,7 +386,7 @@ class ChatPipeline:
 
     def _remember(self, turn: ChatTurn, reply: common_pb2.ChatMessage, window_start: int) -> None:
         """Stores the finished turn in the background; the answer does not wait for it."""
-        if not turn.stateful:
+        if not turn.stateful or not turn.remember:
             return
         new = [m for m in turn.messages if not _is_system(m)]
         new.append(reply)

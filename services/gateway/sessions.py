@@ -126,7 +126,7 @@ def create_router(settings: GatewaySettings, clients: MeshClients, tenant: Calla
             memory.GetSession, memory_pb2.GetSessionRequest(tenant=tenant_, session_id=session_id, with_turns=True)
         )
         out = session_object(reply.session)
-        out["messages"] = [to_openai(m) for turn in reply.turns for m in turn.messages]
+        out["messages"] = [to_openai(m) for turn in reply.turns for m in turn.messages if m.role]
         return out
 
     @router.patch("/v1/sessions/{session_id}")

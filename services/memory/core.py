@@ -107,6 +107,13 @@ def without_near_duplicates(found: list[ScoredRecord], limit: int, similarity: f
     return kept
 
 
+def without_placeholders(turn: StoredTurn) -> StoredTurn:
+    """The turn without the placeholders of forgotten messages (role ""): what a prompt gets."""
+    if all(m.role for m in turn.messages):
+        return turn
+    return StoredTurn(turn.turn_id, turn.seq, [m for m in turn.messages if m.role])
+
+
 @dataclass
 class TurnContext:
     session: SessionInfo | None
@@ -157,7 +164,7 @@ class MemoryCore:
             raise
         if session is None:
             session = SessionInfo(id=session_id)
-        window = window_of(session, turns, self._window_turns)
+        window = [without_placeholders(t) for t in window_of(session, turns, self._window_turns)]
         result = TurnContext(session, window)
         before_seq = window[0].seq if window else session.seq + 1
         if not wants_recall or (before_seq <= 1 and not user):
@@ -266,4 +273,20 @@ class MemoryCore:
         await self.store.mark_forgotten(tenant, [record.id])
         await self.vectors.delete(tenant, [record.id])
         await self.store.forget_message(tenant, record.session_id, record.turn_id, record.text)
+        return True
+
+    async def forget_turn(self, tenant: str, session_id: str, turn_id: str, message_index: int | None) -> bool:
+        """A stored turn (or one message of it) gone from the history, the queue and the
+        vector store; the ids are marked forgotten first, so an indexer holding the turn cannot
+        write them back."""
+        count = await self.store.forget_turn(tenant, session_id, turn_id, message_index)
+        if count < 0:
+            return False
+        indexes = range(count) if message_index is None else [message_index]
+        ids = [memory_id(tenant, session_id, turn_id, i) for i in indexes]
+        if ids:
+            await self.store.mark_forgotten(tenant, ids)
+            await self.vectors.delete(tenant, ids)
+        if message_index is None:
+            await self.store.unqueue(tenant, session_id, turn_id)
         return True

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import grpc
+from google.protobuf import json_format
 
 from llmmesh.common.v1 import chat_pb2
 from llmmesh.memory.v1 import memory_pb2, memory_pb2_grpc
 from services.common.errors import InvalidArgumentError, MeshError
-from services.memory.core import MemoryCore
+from services.memory.core import MemoryCore, not_found
 from services.memory.knowledge import Knowledge
 from services.memory.store import SessionDeletedError, SessionInfo, StoredMessage, StoredTurn
 from services.memory.vectors import DocumentInfo, MemoryRecord, ScoredPassage, ScoredRecord
@@ -270,3 +271,47 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         return memory_pb2.SearchKnowledgeResponse(
             passages=[passage_proto(f) for f in found], tokens=sum(f.passage.tokens for f in found)
         )
+
+    # --- stored responses ---------------------------------------------------------------
+
+    async def PutResponse(
+        self, request: memory_pb2.PutResponseRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.PutResponseResponse:
+        response = request.response
+        _require(request.tenant, response.session_id)
+        if not response.id or len(response.id) > MAX_ID:
+            raise InvalidArgumentError("response.id is required (at most 256 characters)", "response.id")
+        await self._core.store.put_response(
+            request.tenant, response.session_id, response.id, json_format.MessageToJson(response)
+        )
+        return memory_pb2.PutResponseResponse()
+
+    async def GetResponse(
+        self, request: memory_pb2.GetResponseRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.GetResponseResponse:
+        _require(request.tenant, request.response_id)
+        record = await self._core.store.response(request.tenant, request.response_id)
+        if record is None:
+            raise not_found("response", request.response_id)
+        return memory_pb2.GetResponseResponse(response=json_format.Parse(record, memory_pb2.StoredResponse()))
+
+    async def DeleteResponse(
+        self, request: memory_pb2.DeleteResponseRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.DeleteResponseResponse:
+        _require(request.tenant, request.response_id)
+        record = await self._core.store.delete_response(request.tenant, request.response_id)
+        if record is None:
+            raise not_found("response", request.response_id)
+        return memory_pb2.DeleteResponseResponse(response=json_format.Parse(record, memory_pb2.StoredResponse()))
+
+    async def ForgetTurn(
+        self, request: memory_pb2.ForgetTurnRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.ForgetTurnResponse:
+        _require(request.tenant, request.session_id)
+        if not request.turn_id:
+            raise InvalidArgumentError("turn_id is required", "turn_id")
+        index = request.message_index if request.HasField("message_index") else None
+        if index is not None and index < 0:
+            raise InvalidArgumentError("message_index must not be negative", "message_index")
+        forgotten = await self._core.forget_turn(request.tenant, request.session_id, request.turn_id, index)
+        return memory_pb2.ForgetTurnResponse(forgotten=forgotten)

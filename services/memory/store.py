@@ -8,8 +8,10 @@ slot and one Lua script may touch them together:
     llmmesh:history:{t/s}        list of turns (JSON), oldest first, capped
     llmmesh:turn:{t/s}:<turn id> marker that makes a retried append a no-op
     llmmesh:deleted:{t/s}        when the session was deleted (ms): older turns are refused
+    llmmesh:response:{t/s}:<id>  a stored response of the Responses API (JSON record)
 
-Per tenant, ``llmmesh:sessions:{t}`` (a sorted set by creation time) lists the sessions, and
+Per tenant, ``llmmesh:sessions:{t}`` (a sorted set by creation time) lists the sessions,
+``llmmesh:responses:{t}`` (a hash) says which session a response id lives in, and
 one stream, ``llmmesh:index``, queues stored turns for the long-term indexer (a consumer
 group reads it; an entry is removed once its turn is in the vector store).
 
@@ -94,6 +96,29 @@ for i, raw in ipairs(items) do
   end
 end
 return 0
+"""
+
+# KEYS: 1 history; ARGV: 1 turn_id, 2 message index ('' for the whole turn).
+# Removes the turn, or blanks one message into a placeholder (role ''), so the others keep their
+# positions. Returns the turn's message count (before), or -1 when there was no such turn/message.
+_FORGET_TURN = """
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+for i, raw in ipairs(items) do
+  local turn = cjson.decode(raw)
+  if turn.turn_id == ARGV[1] then
+    local count = #turn.messages
+    if ARGV[2] == '' then
+      redis.call('LREM', KEYS[1], 1, raw)
+      return count
+    end
+    local m = turn.messages[tonumber(ARGV[2]) + 1]
+    if not m or m.role == '' then return -1 end
+    turn.messages[tonumber(ARGV[2]) + 1] = {role = '', content = '', name = '', tool_call_id = '', tool_calls_json = ''}
+    redis.call('LSET', KEYS[1], i - 1, cjson.encode(turn))
+    return count
+  end
+end
+return -1
 """
 
 
@@ -181,6 +206,14 @@ def _sessions_key(tenant: str) -> str:
     return "llmmesh:sessions:{" + quote(tenant, safe="") + "}"
 
 
+def _response_key(tenant: str, session_id: str, response_id: str) -> str:
+    return f"llmmesh:response:{tag(tenant, session_id)}:{response_id}"
+
+
+def _responses_key(tenant: str) -> str:
+    return "llmmesh:responses:{" + quote(tenant, safe="") + "}"
+
+
 def _forgotten_key(tenant: str) -> str:
     return "llmmesh:forgotten:{" + quote(tenant, safe="") + "}"
 
@@ -211,6 +244,7 @@ class SessionStore:
         self._max_turns = max_turns
         self._upsert = client.register_script(_UPSERT)
         self._forget = client.register_script(_FORGET)
+        self._forget_turn = client.register_script(_FORGET_TURN)
 
     @classmethod
     def from_url(cls, url: str, ttl_s: int, max_turns: int, timeout_s: float = 2.0) -> SessionStore:
@@ -317,12 +351,53 @@ class SessionStore:
         # The tag is percent-encoded: it holds no glob character and ends at its own brace.
         async for key in self._redis.scan_iter(match=f"llmmesh:turn:{tag_}:*", count=500):
             keys.append(key)
+        responses = [key async for key in self._redis.scan_iter(match=f"llmmesh:response:{tag_}:*", count=500)]
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(*keys)
+            pipe.delete(*keys, *responses)
             pipe.set(_deleted_key(tenant, session_id), int(time.time() * 1000), ex=self._ttl_s)
             pipe.zrem(_sessions_key(tenant), session_id)
             deleted, _, _ = await pipe.execute()
+        if responses:
+            await self._redis.hdel(_responses_key(tenant), *(key.rsplit(":", 1)[1] for key in responses))
         return bool(deleted)
+
+    # --- stored responses ---------------------------------------------------------------
+
+    async def put_response(self, tenant: str, session_id: str, response_id: str, record: str) -> None:
+        """Stores a response's record with its session (same TTL); the tenant's index says
+        which session an id lives in."""
+        index = _responses_key(tenant)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(_response_key(tenant, session_id, response_id), record, ex=self._ttl_s)
+            pipe.hset(index, response_id, session_id)
+            pipe.expire(index, self._ttl_s)
+            await pipe.execute()
+
+    async def response(self, tenant: str, response_id: str) -> str | None:
+        """The record, or None (unknown, or gone with its session)."""
+        session_id: Any = await self._redis.hget(_responses_key(tenant), response_id)
+        if session_id is None:
+            return None
+        record: Any = await self._redis.get(_response_key(tenant, session_id, response_id))
+        return str(record) if record is not None else None
+
+    async def delete_response(self, tenant: str, response_id: str) -> str | None:
+        """Deletes the record; returns it (None when there was none)."""
+        record = await self.response(tenant, response_id)
+        session_id: Any = await self._redis.hget(_responses_key(tenant), response_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if session_id is not None:
+                pipe.delete(_response_key(tenant, session_id, response_id))
+            pipe.hdel(_responses_key(tenant), response_id)
+            await pipe.execute()
+        return record
+
+    async def forget_turn(self, tenant: str, session_id: str, turn_id: str, message_index: int | None) -> int:
+        """Removes a stored turn or blanks one of its messages (see _FORGET_TURN); the turn's
+        message count, or -1 when there was no such turn or message."""
+        index = "" if message_index is None else str(message_index)
+        found = await self._forget_turn(keys=[_history_key(tenant, session_id)], args=[turn_id, index])
+        return int(found)
 
     # --- turns --------------------------------------------------------------------------
 
