@@ -46,6 +46,8 @@ from qdrant_client.conversions.common_types import PointId
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from services.common.errors import InvalidArgumentError
+from services.memory import lexical
+from services.memory.lexical import Terms
 
 if TYPE_CHECKING:
     from qdrant_edge import ConditionType as EdgeCondition
@@ -67,6 +69,13 @@ HNSW_EF_CONSTRUCT = 100
 FULL_SCAN_THRESHOLD_KB = 10_000
 # Points sharing one `created_at` fetched at most, when a listing page ends inside that second.
 _SAME_SECOND_MAX = 10_000
+# Hybrid recall: the dense and the lexical (BM25) candidates, CANDIDATES of each, fused by
+# reciprocal rank: score = sum over the two lists of weight / (RRF_K + rank). Measured on the
+# recall evaluation (bench/recall.py); see the README's memory section.
+CANDIDATES = 100
+RRF_K = 60
+DENSE_WEIGHT = 1.0
+LEXICAL_WEIGHT = 1.0
 # Engines compare a score with the threshold in float32, some with `>`: ask for a little more
 # and keep `score >= threshold` here, the same on every engine.
 _THRESHOLD_SLACK = 1e-6
@@ -148,8 +157,15 @@ class VectorStore(Protocol):
         user: str = "",
         threshold: float = 0.0,
         with_vectors: bool = False,
+        text: str = "",
+        lexical_floor: float = 0.0,
     ) -> list[ScoredRecord]:
-        """Best first within a tenant, optionally narrowed to one session and/or one user."""
+        """Best first within a tenant, optionally narrowed to one session and/or one user.
+
+        Without `text` (or with one of stop words only), by cosine, score >= threshold. With
+        it, hybrid: the memories of cosine >= threshold and those whose BM25 score for `text`
+        is >= lexical_floor (> 0: a word in common), ranked by reciprocal rank fusion of the
+        two rankings; score is then the fused one."""
         ...
 
     async def recall(
@@ -163,9 +179,11 @@ class VectorStore(Protocol):
         limit: int,
         threshold: float,
         with_vectors: bool = False,
+        text: str = "",
+        lexical_floor: float = 0.0,
     ) -> list[ScoredRecord]:
-        """Best first, score >= threshold, among the tenant's memories that are either of this
-        session before `before_seq`, or of the same (non-empty) user in other sessions."""
+        """Best first among the tenant's memories that are either of this session before
+        `before_seq`, or of the same (non-empty) user in other sessions; ranked as `search`."""
         ...
 
     async def get(self, tenant: str, ids: Sequence[str]) -> list[MemoryRecord]: ...
@@ -285,6 +303,18 @@ def _floats(vector: object) -> list[float] | None:
     return vector if isinstance(vector, list) and (not vector or isinstance(vector[0], float)) else None
 
 
+def _edge_vectors(dense: list[float], terms: Terms) -> dict[str, qe.NamedVector]:
+    """A memory's vectors for the embedded engine: the dense one (unnamed) and its words."""
+    if not terms:
+        return {"": dense}
+    return {"": dense, lexical.NAME: qe.SparseVector(terms.indices, terms.values)}
+
+
+def _dense_of(vector: object) -> object:
+    """The dense vector of a point whose vectors come back by name."""
+    return vector.get("") if isinstance(vector, dict) else vector
+
+
 def _as_list(vector: Sequence[float]) -> list[float]:
     if isinstance(vector, list):
         return vector
@@ -321,13 +351,30 @@ class _QdrantStore(ABC, Generic[C, F]):
 
     # -- engine calls
     @abstractmethod
-    async def _upsert(self, tenant: str, records: Sequence[MemoryRecord], vectors: Sequence[list[float]]) -> None:
+    async def _upsert(
+        self, tenant: str, records: Sequence[MemoryRecord], vectors: Sequence[list[float]], terms: Sequence[Terms]
+    ) -> None:
         """Writes points of one tenant; an existing point of another tenant stays as it is."""
 
     @abstractmethod
     async def _query(
         self, vector: list[float], where: F, limit: int, threshold: float, with_vectors: bool
-    ) -> list[ScoredRecord]: ...
+    ) -> list[ScoredRecord]:
+        """The nearest points by the dense vector, cosine >= threshold."""
+
+    @abstractmethod
+    async def _fused(
+        self,
+        vector: list[float],
+        terms: Terms,
+        where: F,
+        corpus: F,
+        limit: int,
+        floors: tuple[float, float],
+        with_vectors: bool,
+    ) -> list[ScoredRecord]:
+        """The dense candidates (cosine >= floors[0]) and the lexical ones (BM25 >= floors[1],
+        IDF over the points `corpus` selects) that `where` selects, fused by reciprocal rank."""
 
     @abstractmethod
     async def _scroll(self, where: F, limit: int, by_time: bool) -> list[MemoryRecord]:
@@ -381,7 +428,8 @@ class _QdrantStore(ABC, Generic[C, F]):
             group[0].append(record if point_id == record.id else replace(record, id=point_id))
             group[1].append(self._vector(vector))
         for tenant, (group_records, group_vectors) in by_tenant.items():
-            await self._upsert(tenant, group_records, group_vectors)
+            terms = [lexical.document(r.text) for r in group_records]
+            await self._upsert(tenant, group_records, group_vectors, terms)
 
     async def search(
         self,
@@ -393,13 +441,15 @@ class _QdrantStore(ABC, Generic[C, F]):
         user: str = "",
         threshold: float = 0.0,
         with_vectors: bool = False,
+        text: str = "",
+        lexical_floor: float = 0.0,
     ) -> list[ScoredRecord]:
         must = [self._match("tenant", tenant)]
         if session_id:
             must.append(self._match("session_id", session_id))
         if user:
             must.append(self._match("user", user))
-        return await self._best(vector, self._filter(must), limit, threshold, with_vectors)
+        return await self._best(tenant, vector, self._filter(must), limit, threshold, with_vectors, text, lexical_floor)
 
     async def recall(
         self,
@@ -412,6 +462,8 @@ class _QdrantStore(ABC, Generic[C, F]):
         limit: int,
         threshold: float,
         with_vectors: bool = False,
+        text: str = "",
+        lexical_floor: float = 0.0,
     ) -> list[ScoredRecord]:
         earlier_in_session = self._filter([self._match("session_id", session_id), self._range("seq", lt=before_seq)])
         either = [self._nest(earlier_in_session)]
@@ -419,14 +471,29 @@ class _QdrantStore(ABC, Generic[C, F]):
             other_sessions = self._filter([self._match("user", user)], must_not=[self._match("session_id", session_id)])
             either.append(self._nest(other_sessions))
         where = self._filter([self._match("tenant", tenant)], should=either)
-        return await self._best(vector, where, limit, threshold, with_vectors)
+        return await self._best(tenant, vector, where, limit, threshold, with_vectors, text, lexical_floor)
 
     async def _best(
-        self, vector: Sequence[float], where: F, limit: int, threshold: float, with_vectors: bool
+        self,
+        tenant: str,
+        vector: Sequence[float],
+        where: F,
+        limit: int,
+        threshold: float,
+        with_vectors: bool,
+        text: str,
+        lexical_floor: float,
     ) -> list[ScoredRecord]:
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        found = await self._query(self._vector(vector), where, limit, threshold - _THRESHOLD_SLACK, with_vectors)
+        dense = self._vector(vector)
+        terms = lexical.query(text) if text else Terms([], [])
+        if terms:
+            # IDF over the tenant's own memories: no other tenant's words weigh on its ranking.
+            corpus = self._filter([self._match("tenant", tenant)])
+            floors = (threshold - _THRESHOLD_SLACK, lexical_floor)
+            return await self._fused(dense, terms, where, corpus, limit, floors, with_vectors)
+        found = await self._query(dense, where, limit, threshold - _THRESHOLD_SLACK, with_vectors)
         return [hit for hit in found if hit.score >= threshold]
 
     async def get(self, tenant: str, ids: Sequence[str]) -> list[MemoryRecord]:
@@ -540,6 +607,8 @@ class _QdrantStore(ABC, Generic[C, F]):
 # -- the embedded engine ---------------------------------------------------------------------
 
 _CURRENT = "CURRENT"
+# In a shard's folder: the shard holds the lexical vectors (written at its creation).
+_WORDS = "WORDS"
 # The index build runs in a child process on a copy of the shard: qdrant-edge holds the
 # interpreter lock for the whole of optimize() (seconds to minutes), which in this process
 # would stop every query and the event loop with them.
@@ -636,9 +705,12 @@ class EdgeVectorStore(_QdrantStore["EdgeCondition", qe.Filter]):
             if stale.name != self._live:
                 shutil.rmtree(stale, ignore_errors=True)
 
-    def _config(self) -> qe.EdgeConfig:
+    def _config(self, words: bool = True) -> qe.EdgeConfig:
+        """The memories' shard holds `words` (the lexical vectors); the knowledge shard does not."""
+        sparse = {lexical.NAME: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if words else None
         return qe.EdgeConfig(
             vectors=qe.EdgeVectorParams(size=self.dims, distance=qe.Distance.Cosine),
+            sparse_vectors=sparse,
             hnsw_config=qe.HnswIndexConfig(
                 m=0,
                 payload_m=HNSW_PAYLOAD_M,
@@ -652,12 +724,20 @@ class EdgeVectorStore(_QdrantStore["EdgeCondition", qe.Filter]):
         current = self.path / _CURRENT
         if current.is_file():
             name = current.read_text().strip()
+            if not (self.path / name / _WORDS).is_file():
+                return self._add_words(name)
             return name, qe.EdgeShard.load(str(self.path / name), self._config())
         name = "gen-000001"
         if any(p.name != name for p in self.path.glob("gen-*")):
             raise RuntimeError(f"{self.path} holds shards but no {_CURRENT} file naming the live one")
         # CURRENT is written once the first shard is ready, before any write: without it, a
         # first shard is one whose creation was cut short.
+        shard = self._create(name)
+        self._point_current_to(name)
+        return name, shard
+
+    def _create(self, name: str) -> qe.EdgeShard:
+        """A new, empty memories' shard in `path/name`, with its payload indexes."""
         shutil.rmtree(self.path / name, ignore_errors=True)
         shard = qe.EdgeShard.create(str(self.path / name), self._config())
         for field in KEYWORD_FIELDS:
@@ -668,7 +748,34 @@ class EdgeVectorStore(_QdrantStore["EdgeCondition", qe.Filter]):
             ints = qe.IntegerIndexParams(lookup=True, range=True, enable_hnsw=False)
             shard.update(qe.UpdateOperation.create_field_index(field, ints))
         shard.flush()
+        (self.path / name / _WORDS).touch()
+        return shard
+
+    def _add_words(self, old: str) -> tuple[str, qe.EdgeShard]:
+        """A shard written before memories had lexical vectors: its points are copied into a
+        new generation with them (computed from each stored text), which becomes the live one."""
+        name = f"gen-{_generation(old) + 1:06d}"
+        source = qe.EdgeShard.load(str(self.path / old), self._config(words=False))
+        try:
+            shard = self._create(name)
+            offset: qe.PointId | None = None
+            while True:
+                request = qe.ScrollRequest(offset=offset, limit=_SCROLL_PAGE, with_payload=True, with_vector=True)
+                points, offset = source.scroll(request)
+                if points:
+                    copies = []
+                    for p in points:
+                        dense = _floats(p.vector.get("") if isinstance(p.vector, dict) else p.vector) or []
+                        words = lexical.document(str((p.payload or {}).get("text", "")))
+                        copies.append(qe.Point(p.id, _edge_vectors(dense, words), p.payload))
+                    shard.update(qe.UpdateOperation.upsert_points(copies))
+                if offset is None:
+                    break
+            shard.flush()
+        finally:
+            source.close()
         self._point_current_to(name)
+        log.info("memories given lexical vectors", extra={"points": shard.info().points_count, "shard": name})
         return name, shard
 
     def _open_knowledge(self) -> qe.EdgeShard:
@@ -677,9 +784,9 @@ class EdgeVectorStore(_QdrantStore["EdgeCondition", qe.Filter]):
         one whose creation was cut short."""
         folder, ready = self.path / "knowledge", self.path / "KNOWLEDGE"
         if ready.is_file():
-            return qe.EdgeShard.load(str(folder), self._config())
+            return qe.EdgeShard.load(str(folder), self._config(words=False))
         shutil.rmtree(folder, ignore_errors=True)
-        shard = qe.EdgeShard.create(str(folder), self._config())
+        shard = qe.EdgeShard.create(str(folder), self._config(words=False))
         for field in KNOWLEDGE_KEYWORD_FIELDS:
             tenant = field == "tenant"
             params = qe.KeywordIndexParams(is_tenant=tenant, enable_hnsw=tenant)
@@ -745,9 +852,14 @@ class EdgeVectorStore(_QdrantStore["EdgeCondition", qe.Filter]):
         return where
 
     # -- primitives
-    async def _upsert(self, tenant: str, records: Sequence[MemoryRecord], vectors: Sequence[list[float]]) -> None:
+    async def _upsert(
+        self, tenant: str, records: Sequence[MemoryRecord], vectors: Sequence[list[float]], terms: Sequence[Terms]
+    ) -> None:
         def make() -> qe.UpdateOperation:
-            points = [qe.Point(r.id, v, _payload(r)) for r, v in zip(records, vectors, strict=True)]
+            points = [
+                qe.Point(r.id, _edge_vectors(v, t), _payload(r))
+                for r, v, t in zip(records, vectors, terms, strict=True)
+            ]
             return qe.UpdateOperation.upsert_points(points, condition=self._filter([self._match("tenant", tenant)]))
 
         await self._write(make)
@@ -767,7 +879,42 @@ class EdgeVectorStore(_QdrantStore["EdgeCondition", qe.Filter]):
         )
         points = await self._read(lambda shard: shard.query(request))
         return [
-            ScoredRecord(_record(p.id, p.payload), p.score, _floats(p.vector) if with_vectors else None) for p in points
+            ScoredRecord(_record(p.id, p.payload), p.score, _floats(_dense_of(p.vector)) if with_vectors else None)
+            for p in points
+        ]
+
+    async def _fused(
+        self,
+        vector: list[float],
+        terms: Terms,
+        where: qe.Filter,
+        corpus: qe.Filter,
+        limit: int,
+        floors: tuple[float, float],
+        with_vectors: bool,
+    ) -> list[ScoredRecord]:
+        dense, lexical_floor = floors
+        words = qe.SparseVector(terms.indices, terms.values)
+        request = qe.QueryRequest(
+            limit=limit,
+            prefetches=[
+                qe.Prefetch(CANDIDATES, qe.Query.Nearest(vector), filter=where, score_threshold=dense),
+                qe.Prefetch(
+                    CANDIDATES,
+                    qe.Query.Nearest(words, using=lexical.NAME),
+                    params=qe.SearchParams(idf=qe.IdfParams(corpus)),
+                    filter=where,
+                    score_threshold=lexical_floor or None,
+                ),
+            ],
+            query=qe.Fusion.Rrf(RRF_K, [DENSE_WEIGHT, LEXICAL_WEIGHT]),  # type: ignore[arg-type]  # the stub types Rrf apart from Fusion
+            with_payload=True,
+            with_vector=[""] if with_vectors else False,
+        )
+        points = await self._read(lambda shard: shard.query(request))
+        return [
+            ScoredRecord(_record(p.id, p.payload), p.score, _floats(_dense_of(p.vector)) if with_vectors else None)
+            for p in points
         ]
 
     async def _scroll(self, where: qe.Filter, limit: int, by_time: bool) -> list[MemoryRecord]:
@@ -1006,6 +1153,7 @@ class ServerVectorStore(_QdrantStore[models.Condition, models.Filter]):
         self.knowledge_collection = f"{collection}_knowledge"
         self._ready = False
         self._knowledge_ready = False
+        self._words = True  # the memories' collection holds lexical vectors (known once ensured)
         self._ensuring = asyncio.Lock()
 
     @classmethod
@@ -1063,8 +1211,15 @@ class ServerVectorStore(_QdrantStore[models.Condition, models.Filter]):
                 size = params.size if isinstance(params, models.VectorParams) else None
                 if size != self.dims:
                     raise ValueError(f"collection {collection} holds {size}-d vectors, not {self.dims}")
+                words = lexical.NAME in (info.config.params.sparse_vectors or {})
             else:
-                await self._create_collection(collection)
+                words = await self._create_collection(collection, words=collection == self.collection)
+            if collection == self.collection and not words:
+                log.warning(
+                    "memory collection has no lexical vectors (made by an earlier release): recall is dense only",
+                    extra={"collection": collection},
+                )
+            self._words = self._words if collection != self.collection else words
             for field in keywords:
                 keyword = models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=field == "tenant")
                 await self._client.create_payload_index(collection, field, keyword, wait=True)
@@ -1072,11 +1227,14 @@ class ServerVectorStore(_QdrantStore[models.Condition, models.Filter]):
                 ints = models.IntegerIndexParams(type=models.IntegerIndexType.INTEGER, lookup=True, range=True)
                 await self._client.create_payload_index(collection, field, ints, wait=True)
 
-    async def _create_collection(self, collection: str) -> None:
+    async def _create_collection(self, collection: str, words: bool) -> bool:
+        """Makes the collection (with the lexical vectors when `words`); whether it has them."""
+        sparse = {lexical.NAME: models.SparseVectorParams(modifier=models.Modifier.IDF)} if words else None
         try:
             await self._client.create_collection(
                 collection,
                 vectors_config=models.VectorParams(size=self.dims, distance=models.Distance.COSINE),
+                sparse_vectors_config=sparse,
                 hnsw_config=models.HnswConfigDiff(
                     m=0,
                     payload_m=HNSW_PAYLOAD_M,
@@ -1087,6 +1245,9 @@ class ServerVectorStore(_QdrantStore[models.Condition, models.Filter]):
         except UnexpectedResponse as exc:
             if exc.status_code != 409:  # another replica created it first
                 raise
+            info = await self._client.get_collection(collection)
+            return lexical.NAME in (info.config.params.sparse_vectors or {})
+        return words
 
     @contextlib.asynccontextmanager
     async def _call(self, collection: str = "") -> AsyncIterator[None]:
@@ -1122,11 +1283,14 @@ class ServerVectorStore(_QdrantStore[models.Condition, models.Filter]):
         return where
 
     # -- primitives
-    async def _upsert(self, tenant: str, records: Sequence[MemoryRecord], vectors: Sequence[list[float]]) -> None:
-        points = [
-            models.PointStruct(id=r.id, vector=v, payload=_payload(r)) for r, v in zip(records, vectors, strict=True)
-        ]
+    async def _upsert(
+        self, tenant: str, records: Sequence[MemoryRecord], vectors: Sequence[list[float]], terms: Sequence[Terms]
+    ) -> None:
         async with self._call():
+            points = [
+                models.PointStruct(id=r.id, vector=self._vectors(v, t), payload=_payload(r))
+                for r, v, t in zip(records, vectors, terms, strict=True)
+            ]
             await self._client.upsert(
                 self.collection, points, wait=True, update_filter=self._filter([self._match("tenant", tenant)])
             )
@@ -1136,7 +1300,50 @@ class ServerVectorStore(_QdrantStore[models.Condition, models.Filter]):
     ) -> list[ScoredRecord]:
         points = await self._nearest(self.collection, vector, where, limit, threshold, with_vectors)
         return [
-            ScoredRecord(_record(p.id, p.payload), p.score, _floats(p.vector) if with_vectors else None) for p in points
+            ScoredRecord(_record(p.id, p.payload), p.score, _floats(_dense_of(p.vector)) if with_vectors else None)
+            for p in points
+        ]
+
+    def _vectors(self, dense: list[float], terms: Terms) -> models.VectorStruct:
+        if not terms or not self._words:
+            return dense
+        return {"": dense, lexical.NAME: models.SparseVector(indices=terms.indices, values=terms.values)}
+
+    async def _fused(
+        self,
+        vector: list[float],
+        terms: Terms,
+        where: models.Filter,
+        corpus: models.Filter,
+        limit: int,
+        floors: tuple[float, float],
+        with_vectors: bool,
+    ) -> list[ScoredRecord]:
+        dense, lexical_floor = floors
+        async with self._call():
+            if not self._words:  # a collection made before memories had lexical vectors
+                return await self._query(vector, where, limit, dense, with_vectors)
+            response = await self._client.query_points(
+                self.collection,
+                prefetch=[
+                    models.Prefetch(query=vector, filter=where, limit=CANDIDATES, score_threshold=dense),
+                    models.Prefetch(
+                        query=models.SparseVector(indices=terms.indices, values=terms.values),
+                        using=lexical.NAME,
+                        filter=where,
+                        limit=CANDIDATES,
+                        score_threshold=lexical_floor or None,
+                        params=models.SearchParams(idf=models.IdfCorpusParams(corpus=corpus)),
+                    ),
+                ],
+                query=models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=[DENSE_WEIGHT, LEXICAL_WEIGHT])),
+                limit=limit,
+                with_payload=True,
+                with_vectors=[""] if with_vectors else False,
+            )
+        return [
+            ScoredRecord(_record(p.id, p.payload), p.score, _floats(_dense_of(p.vector)) if with_vectors else None)
+            for p in response.points
         ]
 
     async def _nearest(
