@@ -566,7 +566,8 @@ async def test_a_shard_without_lexical_vectors_gets_them_when_opened(tmp_path: P
         found = await store.search("acme", QUERY.tolist(), limit=5, text="cello", threshold=0.9)
         assert ids(found) == [cello.id]
         (vector_found,) = await store.search("acme", QUERY.tolist(), limit=1, with_vectors=True)
-        assert vector_found.vector is not None and len(vector_found.vector) == DIMS
+        assert vector_found.vector is not None
+        assert len(vector_found.vector) == DIMS
     finally:
         await store.close()
 
