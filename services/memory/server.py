@@ -15,6 +15,7 @@ from services.memory.core import MemoryCore, RecallPolicy, dependency_unavailabl
 from services.memory.embedding import RemoteEmbeddings
 from services.memory.indexer import Indexer
 from services.memory.knowledge import Knowledge
+from services.memory.retention import Retention
 from services.memory.servicer import MemoryServicer
 from services.memory.settings import MemorySettings
 from services.memory.store import SessionStore
@@ -42,8 +43,14 @@ async def main() -> None:
         vectors,
         embeddings,
         window_turns=settings.window_turns,
-        recall=RecallPolicy(settings.recall_top_k, settings.recall_threshold, settings.dedup_similarity),
+        recall=RecallPolicy(
+            settings.recall_top_k,
+            settings.recall_threshold,
+            settings.dedup_similarity,
+            settings.recall_lexical_floor,
+        ),
     )
+    retention = Retention(core, settings.retention, settings.retention_tenants, settings.retention_sweep_s)
     # The indexer's turns are embedded below serving: under load they wait, queued, for the
     # cores serving leaves.
     background = RemoteEmbeddings(
@@ -62,6 +69,8 @@ async def main() -> None:
     async def startup() -> None:
         await store.ping()  # fail fast when Redis is not there
         tasks.append(asyncio.create_task(indexer.run()))
+        if retention.active:
+            tasks.append(asyncio.create_task(retention.run()))
 
     async def shutdown() -> None:
         for task in tasks:

@@ -63,6 +63,8 @@ KNOWLEDGE_INTEGER_FIELDS = ("chunk",)
 # What a knowledge listing reads of each passage (never its text).
 _LISTING_FIELDS = ["collection", "document", "chunk", "tokens", "added_at"]
 _SCROLL_PAGE = 1000
+# Values a count by field returns at most (users or sessions of one tenant, for retention).
+_FACET_LIMIT = 100_000
 HNSW_PAYLOAD_M = 16
 HNSW_EF_CONSTRUCT = 100
 # Below this many KB of vectors a filtered search scores the selected points exactly.
@@ -195,6 +197,18 @@ class VectorStore(Protocol):
     async def delete_session(self, tenant: str, session_id: str) -> int: ...
 
     async def count(self, tenant: str = "") -> int: ...
+
+    # -- retention
+    async def counts(self, field: str, tenant: str = "") -> dict[str, int]:
+        """Memories per value of `field` ("tenant", "user" or "session_id"), within a tenant or all."""
+        ...
+
+    async def oldest(
+        self, tenant: str, *, limit: int, user: str = "", session_id: str = "", before: int = 0
+    ) -> list[MemoryRecord]:
+        """Up to `limit` of the tenant's memories (of one user and/or session), the earliest
+        first; `before`: only those created before it (unix seconds)."""
+        ...
 
     # -- knowledge: passages of documents, kept apart from the memories
     async def replace_document(
@@ -389,6 +403,10 @@ class _QdrantStore(ABC, Generic[C, F]):
     @abstractmethod
     async def _count(self, where: F | None) -> int: ...
 
+    @abstractmethod
+    async def _facet(self, field: str, where: F | None) -> dict[str, int]:
+        """Points per value of a keyword field, among those `where` selects."""
+
     # -- engine calls on the knowledge points (another shard or collection)
     @abstractmethod
     async def _write_passages(self, tenant: str, passages: Sequence[Passage], vectors: Sequence[list[float]]) -> None:
@@ -518,6 +536,20 @@ class _QdrantStore(ABC, Generic[C, F]):
 
     async def count(self, tenant: str = "") -> int:
         return await self._count(self._filter([self._match("tenant", tenant)]) if tenant else None)
+
+    async def counts(self, field: str, tenant: str = "") -> dict[str, int]:
+        if field not in KEYWORD_FIELDS:
+            raise ValueError(f"memories are counted by {', '.join(KEYWORD_FIELDS)}, not {field!r}")
+        return await self._facet(field, self._filter([self._match("tenant", tenant)]) if tenant else None)
+
+    async def oldest(
+        self, tenant: str, *, limit: int, user: str = "", session_id: str = "", before: int = 0
+    ) -> list[MemoryRecord]:
+        scope = [self._match("tenant", tenant)]
+        scope += [self._match("user", user)] if user else []
+        scope += [self._match("session_id", session_id)] if session_id else []
+        scope += [self._range("created_at", lt=before)] if before else []
+        return await self._scroll(self._filter(scope), limit, by_time=True)
 
     # -- knowledge
     def _collection(self, tenant: str, collection: str, document: str = "") -> list[C]:
@@ -933,6 +965,11 @@ class EdgeVectorStore(_QdrantStore["EdgeCondition", qe.Filter]):
 
     async def _count(self, where: qe.Filter | None) -> int:
         return await self._read(lambda shard: shard.count(qe.CountRequest(exact=True, filter=where)))
+
+    async def _facet(self, field: str, where: qe.Filter | None) -> dict[str, int]:
+        request = qe.FacetRequest(field, limit=_FACET_LIMIT, exact=True, filter=where)
+        found = await self._read(lambda shard: shard.facet(request))
+        return {str(hit.value): hit.count for hit in found.hits}
 
     # -- knowledge primitives, on the knowledge shard
     async def _on_knowledge(self, call: Callable[[qe.EdgeShard], T]) -> T:
@@ -1389,6 +1426,11 @@ class ServerVectorStore(_QdrantStore[models.Condition, models.Filter]):
         async with self._call():
             result = await self._client.count(self.collection, count_filter=where, exact=True)
         return result.count
+
+    async def _facet(self, field: str, where: models.Filter | None) -> dict[str, int]:
+        async with self._call():
+            found = await self._client.facet(self.collection, field, facet_filter=where, limit=_FACET_LIMIT, exact=True)
+        return {str(hit.value): hit.count for hit in found.hits}
 
     # -- knowledge primitives, on the knowledge collection
     async def _write_passages(self, tenant: str, passages: Sequence[Passage], vectors: Sequence[list[float]]) -> None:
