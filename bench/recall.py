@@ -322,13 +322,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--conversations", type=int, default=None, help="the first N conversations only")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help=f"through the mesh: {QUICK_CONVERSATIONS} conversations")
+    parser.add_argument("--port-offset", type=int, default=40000, help="through the mesh: added to the stack's ports")
     args = parser.parse_args(argv)
     if args.in_process:
         report = in_process_report(args.conversations, args.seed)
     else:
         out_dir = Path("bench-results") / time.strftime("recall-%Y%m%d-%H%M%S")
         out_dir.mkdir(parents=True)
-        report = run(Context(out_dir=out_dir, quick=args.quick))
+        report = run(Context(out_dir=out_dir, quick=args.quick, port_offset=args.port_offset))
     print(format_report(report))
     return 0
 

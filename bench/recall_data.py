@@ -131,6 +131,7 @@ class _Said:
     speaker: int
     text: str
     key: str = ""
+    prompt: bool = False  # hands the word to the other speaker
 
 
 @dataclass
@@ -165,11 +166,11 @@ class _Builder:
         self.speakers: tuple[str, str] = tuple(rng.sample(lex.SPEAKER_NAMES, 2))  # type: ignore[assignment]
         sessions = rng.randint(18, 24)
         self.plan = _Plan(sessions)
-        start = dt.datetime(2022, 1, 1, 9) + dt.timedelta(days=rng.randrange(540))
+        day = dt.date(2022, 1, 1) + dt.timedelta(days=rng.randrange(540))
         self.dates = []
         for _ in range(sessions):
-            start += dt.timedelta(days=rng.randint(3, 21), hours=rng.randint(0, 10), minutes=rng.randrange(60))
-            self.dates.append(start)
+            day += dt.timedelta(days=rng.randint(3, 21))
+            self.dates.append(dt.datetime(day.year, day.month, day.day, rng.randint(8, 22), rng.randrange(60)))
         self.questions: list[_Pending] = []
         self.used_names = set(self.speakers)
         self.keys = 0
@@ -180,12 +181,17 @@ class _Builder:
         return f"k{self.keys}"
 
     def reaction(self, speaker: int) -> _Said:
-        return _Said(speaker, self.rng.choice(lex.REACTIONS))
+        text = self.rng.choice(lex.REACTIONS)
+        if self.rng.random() < 0.5:
+            text += ("" if text[-1] in "!?." else ".") + self.rng.choice(lex.REACTION_TAILS)
+        return _Said(speaker, text)
 
     def fact(self, session: int, owner: int, text: str, prompt: bool = True) -> str:
         """Places a fact turn with the listener's reaction (and sometimes a prompt before it)."""
         key = self.key()
-        block = [_Said(1 - owner, self.rng.choice(lex.PROMPTS))] if prompt and self.rng.random() < 0.35 else []
+        block = (
+            [_Said(1 - owner, self.rng.choice(lex.PROMPTS), prompt=True)] if prompt and self.rng.random() < 0.35 else []
+        )
         block += [_Said(owner, text, key), self.reaction(1 - owner)]
         self.plan.add(session, block)
         return key
@@ -338,27 +344,23 @@ class _Builder:
     def ask(self, kind: str, question: str, keys: list[str], answer: str, topic: str) -> None:
         self.questions.append(_Pending(kind, question, list(keys), answer, topic))
 
-    def small_talk(self, used: set[str], session: int) -> list[_Said]:
-        rng, speaker = self.rng, self.rng.choice((0, 1))
+    def small_talk(self, used: set[str], session: int, speaker: int) -> list[_Said]:
+        """An exchange of small talk opened by `speaker`; `used` keeps a conversation from
+        repeating itself."""
+        rng = self.rng
         choice = rng.random()
-        if choice < 0.45:
-            fresh = [pair for pair in lex.SMALL_TALK if pair[0] not in used]
-            if fresh:
-                opener, reply = rng.choice(fresh)
-                used.add(opener)
-                block = [_Said(speaker, opener), _Said(1 - speaker, reply)]
-                if rng.random() < 0.4:
-                    block.append(_Said(speaker, rng.choice(lex.SMALL_TALK_FOLLOWS)))
-                return block
-        if choice < 0.85:
-            line = rng.choice(lex.OUTING_LINES).format(
-                place=rng.choice(lex.OUTINGS), adj=rng.choice(lex.OUTING_ADJECTIVES)
-            )
-            return [_Said(speaker, line), _Said(1 - speaker, rng.choice(lex.OUTING_REPLIES))]
-        if session == 0:
-            return [_Said(speaker, rng.choice(lex.PROMPTS)), _Said(1 - speaker, rng.choice(lex.GREETING_REPLIES))]
-        line, reply = rng.choice(lex.BACK_REFERENCES)
-        return [_Said(speaker, line), _Said(1 - speaker, reply)]
+        fresh = [pair for pair in lex.SMALL_TALK if pair[0] not in used]
+        if choice < 0.45 and fresh:
+            opener, reply = rng.choice(fresh)
+            used.add(opener)
+            return [_Said(speaker, opener), _Said(1 - speaker, reply)]
+        back = [pair for pair in lex.BACK_REFERENCES if f"{session}:{pair[0]}" not in used]
+        if choice >= 0.85 and session > 0 and back:
+            line, reply = rng.choice(back)
+            used.add(f"{session}:{line}")
+            return [_Said(speaker, line), _Said(1 - speaker, reply)]
+        line = rng.choice(lex.OUTING_LINES).format(place=rng.choice(lex.OUTINGS), adj=rng.choice(lex.OUTING_ADJECTIVES))
+        return [_Said(speaker, line), _Said(1 - speaker, rng.choice(lex.OUTING_REPLIES))]
 
     def layout(self) -> tuple[list[Session], dict[str, tuple[int, int]]]:
         sessions: list[Session] = []
@@ -369,15 +371,24 @@ class _Builder:
             rng.shuffle(blocks)
             target = rng.randint(14, 22)
             filler = max(1, (target - 4 - sum(len(b) for b in blocks)) // 2)
+            slots: list[list[_Said] | None] = list(blocks)
             for _ in range(filler):
-                blocks.insert(rng.randint(0, len(blocks)), self.small_talk(used, index))
+                slots.insert(rng.randint(0, len(slots)), None)  # small talk, made once its speaker is known
             opener = rng.choice((0, 1))
             other = self.speakers[1 - opener]
             said = [_Said(opener, rng.choice(lex.GREETINGS).format(other=other)),
                     _Said(1 - opener, rng.choice(lex.GREETING_REPLIES))]  # fmt: skip
-            for block in blocks:
-                said += block
-            closer = rng.choice((0, 1))
+            for slot in slots:
+                last = said[-1].speaker
+                if slot is None:
+                    said += self.small_talk(used, index, 1 - last)
+                    continue
+                if slot[0].speaker == last and slot[0].prompt:
+                    slot = slot[1:]  # the word is already with the other speaker
+                elif slot[0].speaker == last:  # the listener hands the word over
+                    said.append(_Said(1 - last, rng.choice(lex.PROMPTS)))
+                said += slot
+            closer = 1 - said[-1].speaker
             said += [_Said(closer, rng.choice(lex.CLOSINGS)), _Said(1 - closer, rng.choice(lex.CLOSING_REPLIES))]
             turns: list[Turn] = []
             last = -1

@@ -193,7 +193,7 @@ TRAITS: tuple[Trait, ...] = (
         ("vegetarian", "vegan", "lactose intolerant", "allergic to peanuts", "allergic to shellfish", "celiac"),
         debut=(),
         mentions=(
-            "Ordered the mushroom risotto, one of the perks of being {v} is that it's always the best dish",
+            "Ordered the mushroom risotto, the one safe thing on the menu since I'm {v}",
             "The wedding menu had nothing for me, being {v} at these things is the worst",
             "Had to double check everything at the buffet again since I'm {v}",
             "My mum still forgets I'm {v}, every single holiday",
@@ -479,14 +479,22 @@ CLOSING_REPLIES = ("Bye! Take care", "Talk soon!", "Night night!", "Later! Good 
 
 REACTIONS = (
     "haha yes", "Wait really?", "No way!", "Oh wow", "Tell me more", "Haha I love that", "Seriously? Wow",
-    "That's wild", "Ha, I can totally picture it", "Oh, how's that going?", "Okay that made me laugh",
+    "That's wild", "Ha, I can totally picture it", "Oh, how's that going?",
     "Whoa, I didn't see that coming", "Hah, of course", "Oh nice", "Wow, really?", "Hmm, interesting",
     "Oh my god haha", "Huh, I had no idea", "That's so you haha", "Good to know!",
+)  # fmt: skip
+# Said after a reaction now and then, so that reactions are not all the same few lines.
+REACTION_TAILS = (
+    " Tell me everything", " When was this?", " How do you feel about it?", " I need details",
+    " That's so typical of you", " I would never have guessed", " Keep me posted", " You never told me that!",
+    " Good for you", " How did that happen?", " Honestly I'm not surprised", " That's a lot to take in",
 )  # fmt: skip
 BACKCHANNELS = ("mhm", "go on", "haha", "right", "yeah?", "oh?", "totally", "for sure")
 PROMPTS = (
     "So what's new with you?", "Anything exciting happening on your end?", "How's everything else?",
-    "Any news?", "Tell me something good", "What have you been up to?",
+    "Any news?", "Tell me something good", "What have you been up to?", "Anyway, enough about me. You?",
+    "What about you, anything new?", "And you? What's going on?", "Oh also, how's your week been?",
+    "Okay your turn, what's happening?", "How are things with you these days?",
 )  # fmt: skip
 
 # Small talk exchanges: (opener, reply), spoken by either speaker. {other} is the listener.
@@ -528,10 +536,6 @@ SMALL_TALK = (
     ("I baked cookies and ate half of them before they cooled", "Relatable"),
     ("My mum keeps sending me articles about saving money", "Haha mums are the same everywhere"),
 )
-SMALL_TALK_FOLLOWS = (
-    "Yeah exactly", "Haha right?", "Honestly", "I know, right", "True", "Totally", "For real", "Fair enough",
-    "Let's see how it goes", "We'll see haha",
-)  # fmt: skip
 ANSWERS_TO_FOLLOW_UPS = (
     "Good! Slowly getting better at it",
     "Honestly up and down, but I'm enjoying it",
@@ -566,7 +570,7 @@ OUTINGS = (
 OUTING_LINES = (
     "Went to {place} on Saturday, it was {adj}",
     "We ended up at {place} last night, honestly {adj}",
-    "Spent Sunday afternoon at {place}, {adj} overall",
+    "Spent Sunday afternoon at {place}, {adj}",
 )
 OUTING_ADJECTIVES = ("so much fun", "kind of a disaster haha", "way too crowded", "really relaxing", "pretty weird")
 OUTING_REPLIES = (
