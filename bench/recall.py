@@ -151,6 +151,7 @@ async def evaluate_in_process(
     import redis.asyncio as redis
 
     from services.memory.core import MemoryCore, RecallPolicy, records_of
+    from services.memory.encoding import Encoder, WordCache
     from services.memory.store import SessionStore, StoredMessage
     from services.memory.vectors import DIMS, EdgeVectorStore, MemoryRecord
 
@@ -182,22 +183,19 @@ async def evaluate_in_process(
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="llmmesh-recall-")))
         vectors = EdgeVectorStore(folder / "qdrant", DIMS)
         try:
-            started = time.perf_counter()
-            unique = sorted({r.text for r in records})
-            by_text: dict[str, list[float]] = {}
-            for first in range(0, len(unique), EMBED_BATCH):
-                batch = unique[first : first + EMBED_BATCH]
-                by_text.update(zip(batch, await embeddings.embed(batch), strict=True))
-            timings["embed_s"] = time.perf_counter() - started
+            # As the indexer does it: each batch of memories encoded (clauses, words, terms) in
+            # one pass of the embedding model, then written.
+            words = WordCache()
+            encoder = Encoder(embeddings, words)
             started = time.perf_counter()
             for first in range(0, len(records), EMBED_BATCH):
                 batch_records = records[first : first + EMBED_BATCH]
-                await vectors.upsert(batch_records, [by_text[r.text] for r in batch_records])
-            timings["upsert_s"] = time.perf_counter() - started
+                await vectors.upsert(batch_records, await encoder.documents([r.text for r in batch_records]))
+            timings["index_s"] = time.perf_counter() - started
 
             # Search reads no session state: the session store is never reached.
             store = SessionStore(redis.Redis(), ttl_s=3600, max_turns=1000)
-            core = MemoryCore(store, vectors, embeddings, window_turns=20, recall=RecallPolicy())
+            core = MemoryCore(store, vectors, embeddings, window_turns=20, recall=RecallPolicy(), words=words)
             maps = [TurnMap(run, c) for c in convs]
             scores = Scores()
             started = time.perf_counter()

@@ -19,6 +19,7 @@ from prometheus_client import Counter
 from services.common.errors import MeshError
 from services.memory import lexical
 from services.memory.embedding import Embeddings, EmbeddingUnavailableError
+from services.memory.encoding import Encoder, WordCache
 from services.memory.store import SessionInfo, SessionStore, StoredMessage, StoredTurn
 from services.memory.vectors import MemoryRecord, ScoredRecord, VectorStore, VectorStoreUnavailable
 
@@ -31,6 +32,10 @@ RECALL_SKIPPED = Counter(
 # Point ids derive from the turn, so indexing a turn twice writes the same points.
 _POINTS = uuid.UUID("6f1d6c1e-52a8-4a53-9f3c-7f2b1e0c9a11")
 INDEXED_ROLES = ("user", "assistant")
+# The BM25 score a memory needs to enter the lexical ranking. A word that half the memories
+# hold (the name of the person speaking) scores about 1; a rare one 5 to 10. Without a floor
+# every memory that merely names the speaker ranks, and the fusion drowns the evidence.
+LEXICAL_FLOOR = 1.5
 _WORD = re.compile(r"\w+")
 # A text this long or longer whose distinct words are fewer than this share of its words is a
 # repetition ("tok tok tok ...", a stuck generation), not something said.
@@ -142,6 +147,7 @@ class RecallPolicy:
     threshold: float = 0.35
     dedup_similarity: float = 0.95
     lexical_floor: float = 0.0
+    word_floor: float = 0.0
 
 
 class MemoryCore:
@@ -153,10 +159,12 @@ class MemoryCore:
         *,
         window_turns: int,
         recall: RecallPolicy,
+        words: WordCache | None = None,
     ) -> None:
         self.store = store
         self.vectors = vectors
         self.embeddings = embeddings
+        self.encoder = Encoder(embeddings, words)
         self._window_turns = window_turns
         self._recall = recall
 
@@ -170,7 +178,7 @@ class MemoryCore:
         # query is embedded while Redis is read. Without one, only this session's turns older
         # than the window can be recalled, and a session that has none (most of them) costs
         # no embedding at all.
-        embedding = asyncio.ensure_future(self.embeddings.embed([query])) if wants_recall and user else None
+        embedding = asyncio.ensure_future(self.encoder.query(query)) if wants_recall and user else None
         try:
             session, turns = await self.store.context(tenant, session_id)
         except BaseException:
@@ -185,18 +193,18 @@ class MemoryCore:
         if not wants_recall or (before_seq <= 1 and not user):
             return result  # nothing can be outside the window yet
         try:
-            (vector,) = await (embedding or self.embeddings.embed([query]))
+            probe = await (embedding or self.encoder.query(query))
             found = await self.vectors.recall(
                 tenant,
-                vector,
+                probe,
                 session_id=session_id,
                 before_seq=before_seq,
                 user=user,
                 limit=self._recall.top_k * 3,
                 threshold=self._recall.threshold,
                 with_vectors=True,
-                text=query,
                 lexical_floor=self._recall.lexical_floor,
+                word_floor=self._recall.word_floor,
             )
         except EmbeddingUnavailableError as exc:
             log.warning("recall skipped: no embedding", extra={"error": str(exc)})
@@ -271,9 +279,9 @@ class MemoryCore:
     # --- memories -----------------------------------------------------------------------
 
     async def search(self, tenant: str, query: str, user: str, session_id: str, top_k: int) -> list[ScoredRecord]:
-        (vector,) = await self.embeddings.embed([query])
+        probe = await self.encoder.query(query)
         found = await self.vectors.search(
-            tenant, vector, limit=top_k * 2, session_id=session_id, user=user, with_vectors=True, text=query
+            tenant, probe, limit=top_k * 2, session_id=session_id, user=user, with_vectors=True
         )
         return without_near_duplicates(found, top_k, 1.01)  # exact repeats only
 

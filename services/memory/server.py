@@ -13,6 +13,7 @@ from services.common.channels import insecure_channel
 from services.common.server import ServiceSpec, serve
 from services.memory.core import MemoryCore, RecallPolicy, dependency_unavailable
 from services.memory.embedding import RemoteEmbeddings
+from services.memory.encoding import WordCache
 from services.memory.indexer import Indexer
 from services.memory.knowledge import Knowledge
 from services.memory.retention import Retention
@@ -38,10 +39,12 @@ async def main() -> None:
         timeout_s=settings.qdrant_timeout_s,
         optimize_after=settings.vector_index_after,
     )
+    words = WordCache()  # the words the indexer embeds, known to the queries
     core = MemoryCore(
         store,
         vectors,
         embeddings,
+        words=words,
         window_turns=settings.window_turns,
         recall=RecallPolicy(
             settings.recall_top_k,
@@ -63,6 +66,7 @@ async def main() -> None:
         batch=settings.index_batch,
         claim_idle_ms=settings.index_claim_idle_ms,
         gather_s=settings.index_gather_s,
+        words=words,
     )
     tasks: list[asyncio.Task[None]] = []
 

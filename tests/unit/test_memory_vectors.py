@@ -16,6 +16,7 @@ import pytest
 from qdrant_client import AsyncQdrantClient
 
 from services.common.errors import InvalidArgumentError
+from services.memory.encoding import Encoded
 from services.memory.vectors import (
     DocumentInfo,
     EdgeVectorStore,
@@ -513,12 +514,27 @@ async def test_hybrid_floors_keep_out_what_is_neither_close_nor_worded_alike(sto
     neither = rec("acme", "s1", 3, text="Dinner plans for Friday")
     await put(store, [(close, near(0.7, seed=1)), (worded, near(0.0, seed=2)), (neither, near(0.1, seed=3))])
 
+    # Over the tenant: close by cosine, or sharing a word (BM25).
     found = await store.search("acme", QUERY.tolist(), limit=10, text="cello", threshold=0.5)
     assert sorted(ids(found)) == sorted([close.id, worded.id])
+
+    # Within a session: close by a clause, or by the words (late interaction, floor per word).
+    word = unit(7)
+    encoded = {
+        close.id: Encoded(near(0.7, seed=1), [near(0.7, seed=1)], [near(0.1, seed=11, query=word)]),
+        worded.id: Encoded(near(0.0, seed=2), [near(0.0, seed=2)], [near(0.8, seed=12, query=word)]),
+        neither.id: Encoded(near(0.1, seed=3), [near(0.1, seed=3)], [near(0.1, seed=13, query=word)]),
+    }
+    records = [close, worded, neither]
+    await store.upsert(records, [encoded[r.id] for r in records])
+    probe = Encoded(QUERY.tolist(), [QUERY.tolist()], [word.tolist()])
     recalled = await store.recall(
-        "acme", QUERY.tolist(), session_id="s1", before_seq=9, user="", limit=10, threshold=0.5, text="cello"
+        "acme", probe, session_id="s1", before_seq=9, user="", limit=10, threshold=0.5, word_floor=0.6
     )
     assert sorted(ids(recalled)) == sorted([close.id, worded.id])
+    everything = await store.recall("acme", probe, session_id="s1", before_seq=9, user="", limit=10, threshold=0.0)
+    assert ids(everything)[0] in (close.id, worded.id)
+    assert len(everything) == 3
 
 
 async def test_the_lexical_side_stays_within_the_tenant_and_forgets_what_is_deleted(store: VectorStore) -> None:
