@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,9 @@ import redis.asyncio as redis
 from prometheus_client import Counter
 
 from services.common.errors import MeshError
+from services.memory import lexical
 from services.memory.embedding import Embeddings, EmbeddingUnavailableError
+from services.memory.encoding import Encoder, WordCache
 from services.memory.store import SessionInfo, SessionStore, StoredMessage, StoredTurn
 from services.memory.vectors import MemoryRecord, ScoredRecord, VectorStore, VectorStoreUnavailable
 
@@ -29,6 +32,15 @@ RECALL_SKIPPED = Counter(
 # Point ids derive from the turn, so indexing a turn twice writes the same points.
 _POINTS = uuid.UUID("6f1d6c1e-52a8-4a53-9f3c-7f2b1e0c9a11")
 INDEXED_ROLES = ("user", "assistant")
+# The BM25 score a memory needs to enter the lexical ranking. A word that half the memories
+# hold (the name of the person speaking) scores about 1; a rare one 5 to 10. Without a floor
+# every memory that merely names the speaker ranks, and the fusion drowns the evidence.
+LEXICAL_FLOOR = 1.5
+_WORD = re.compile(r"\w+")
+# A text this long or longer whose distinct words are fewer than this share of its words is a
+# repetition ("tok tok tok ...", a stuck generation), not something said.
+_REPETITIVE_WORDS = 8
+_REPETITIVE_SHARE = 0.3
 
 
 def memory_id(tenant: str, session_id: str, turn_id: str, index: int) -> str:
@@ -65,10 +77,19 @@ def window_of(session: SessionInfo, turns: Sequence[StoredTurn], window_turns: i
     return [t for t in turns if t.seq >= first]
 
 
+def worth_remembering(text: str) -> bool:
+    """Whether a message says something: at least one word that is not a stop word, and not a
+    repetition of a few words over and over."""
+    words = _WORD.findall(text.lower())
+    if len(words) >= _REPETITIVE_WORDS and len(set(words)) < _REPETITIVE_SHARE * len(words):
+        return False
+    return bool(lexical.document(text))
+
+
 def records_of(
     tenant: str, session_id: str, user: str, turn_id: str, seq: int, created_at: int, messages: list[StoredMessage]
 ) -> list[MemoryRecord]:
-    """The long-term memories of one stored turn: its user and assistant texts."""
+    """The long-term memories of one stored turn: its user and assistant texts that say something."""
     return [
         MemoryRecord(
             id=memory_id(tenant, session_id, turn_id, index),
@@ -82,7 +103,7 @@ def records_of(
             created_at=created_at,
         )
         for index, m in enumerate(messages)
-        if m.role in INDEXED_ROLES and m.content.strip()
+        if m.role in INDEXED_ROLES and worth_remembering(m.content)
     ]
 
 
@@ -124,9 +145,15 @@ class TurnContext:
 
 @dataclass
 class RecallPolicy:
+    """What recall puts into a chat turn's prompt: at most `top_k` memories of the one ranking
+    `search` uses too (hybrid), each either with a clause at least `threshold` similar to the new
+    message (cosine) or with words on average at least `word_floor` similar to its words, none a
+    near-duplicate (cosine above `dedup_similarity`) of a better one."""
+
     top_k: int = 5
     threshold: float = 0.35
     dedup_similarity: float = 0.95
+    word_floor: float = 0.5
 
 
 class MemoryCore:
@@ -138,10 +165,12 @@ class MemoryCore:
         *,
         window_turns: int,
         recall: RecallPolicy,
+        words: WordCache | None = None,
     ) -> None:
         self.store = store
         self.vectors = vectors
         self.embeddings = embeddings
+        self.encoder = Encoder(embeddings, words)
         self._window_turns = window_turns
         self._recall = recall
 
@@ -155,7 +184,7 @@ class MemoryCore:
         # query is embedded while Redis is read. Without one, only this session's turns older
         # than the window can be recalled, and a session that has none (most of them) costs
         # no embedding at all.
-        embedding = asyncio.ensure_future(self.embeddings.embed([query])) if wants_recall and user else None
+        embedding = asyncio.ensure_future(self.encoder.query(query)) if wants_recall and user else None
         try:
             session, turns = await self.store.context(tenant, session_id)
         except BaseException:
@@ -170,16 +199,17 @@ class MemoryCore:
         if not wants_recall or (before_seq <= 1 and not user):
             return result  # nothing can be outside the window yet
         try:
-            (vector,) = await (embedding or self.embeddings.embed([query]))
+            probe = await (embedding or self.encoder.query(query))
             found = await self.vectors.recall(
                 tenant,
-                vector,
+                probe,
                 session_id=session_id,
                 before_seq=before_seq,
                 user=user,
                 limit=self._recall.top_k * 3,
                 threshold=self._recall.threshold,
                 with_vectors=True,
+                word_floor=self._recall.word_floor,
             )
         except EmbeddingUnavailableError as exc:
             log.warning("recall skipped: no embedding", extra={"error": str(exc)})
@@ -254,9 +284,9 @@ class MemoryCore:
     # --- memories -----------------------------------------------------------------------
 
     async def search(self, tenant: str, query: str, user: str, session_id: str, top_k: int) -> list[ScoredRecord]:
-        (vector,) = await self.embeddings.embed([query])
+        probe = await self.encoder.query(query)
         found = await self.vectors.search(
-            tenant, vector, limit=top_k * 2, session_id=session_id, user=user, with_vectors=True
+            tenant, probe, limit=top_k * 2, session_id=session_id, user=user, with_vectors=True
         )
         return without_near_duplicates(found, top_k, 1.01)  # exact repeats only
 
@@ -269,10 +299,7 @@ class MemoryCore:
         found = await self.vectors.get(tenant, [memory_id])
         if not found:
             raise not_found("memory", memory_id)
-        record = found[0]
-        await self.store.mark_forgotten(tenant, [record.id])
-        await self.vectors.delete(tenant, [record.id])
-        await self.store.forget_message(tenant, record.session_id, record.turn_id, record.text)
+        await self.erase(tenant, found)
         return True
 
     async def forget_turn(self, tenant: str, session_id: str, turn_id: str, message_index: int | None) -> bool:
@@ -290,3 +317,14 @@ class MemoryCore:
         if message_index is None:
             await self.store.unqueue(tenant, session_id, turn_id)
         return True
+
+    async def erase(self, tenant: str, records: Sequence[MemoryRecord]) -> None:
+        """Forgets memories everywhere: marked first (an indexer holding their turn cannot
+        write them back), then out of the vector store (every vector of theirs, dense and
+        lexical) and blanked in the stored history."""
+        if not records:
+            return
+        await self.store.mark_forgotten(tenant, [r.id for r in records])
+        await self.vectors.delete(tenant, [r.id for r in records])
+        for record in records:
+            await self.store.forget_message(tenant, record.session_id, record.turn_id, record.text)

@@ -19,6 +19,7 @@ from prometheus_client import Counter, Gauge
 
 from services.memory.core import records_of
 from services.memory.embedding import Embeddings, EmbeddingUnavailableError
+from services.memory.encoding import Encoder, WordCache
 from services.memory.store import IndexEntry, SessionStore
 from services.memory.vectors import MemoryRecord, VectorStore, VectorStoreUnavailable
 
@@ -40,10 +41,11 @@ class Indexer:
         claim_idle_ms: int,
         gather_s: float = 0.0,
         consumer: str = "",
+        words: WordCache | None = None,
     ) -> None:
         self._store = store
         self._vectors = vectors
-        self._embeddings = embeddings
+        self._encoder = Encoder(embeddings, words)
         self._batch = batch
         self._gather_s = gather_s
         self._claim_idle_ms = claim_idle_ms
@@ -98,8 +100,8 @@ class Indexer:
         gone = await self._forgotten(records)
         records = [r for r in records if r.id not in gone]
         if records:
-            vectors = await self._embeddings.embed([r.text for r in records])
-            await self._vectors.upsert(records, vectors)
+            encoded = await self._encoder.documents([r.text for r in records])
+            await self._vectors.upsert(records, encoded)
             INDEXED.inc(len(records))
             await self._undo_raced_deletions(live, records)
         await self._store.done([e.entry_id for e in entries])

@@ -13,8 +13,10 @@ from services.common.channels import insecure_channel
 from services.common.server import ServiceSpec, serve
 from services.memory.core import MemoryCore, RecallPolicy, dependency_unavailable
 from services.memory.embedding import RemoteEmbeddings
+from services.memory.encoding import WordCache
 from services.memory.indexer import Indexer
 from services.memory.knowledge import Knowledge
+from services.memory.retention import Retention
 from services.memory.servicer import MemoryServicer
 from services.memory.settings import MemorySettings
 from services.memory.store import SessionStore
@@ -37,13 +39,21 @@ async def main() -> None:
         timeout_s=settings.qdrant_timeout_s,
         optimize_after=settings.vector_index_after,
     )
+    words = WordCache()  # the words the indexer embeds, known to the queries
     core = MemoryCore(
         store,
         vectors,
         embeddings,
+        words=words,
         window_turns=settings.window_turns,
-        recall=RecallPolicy(settings.recall_top_k, settings.recall_threshold, settings.dedup_similarity),
+        recall=RecallPolicy(
+            settings.recall_top_k,
+            settings.recall_threshold,
+            settings.dedup_similarity,
+            settings.recall_word_floor,
+        ),
     )
+    retention = Retention(core, settings.retention, settings.retention_tenants, settings.retention_sweep_s)
     # The indexer's turns are embedded below serving: under load they wait, queued, for the
     # cores serving leaves.
     background = RemoteEmbeddings(
@@ -56,12 +66,15 @@ async def main() -> None:
         batch=settings.index_batch,
         claim_idle_ms=settings.index_claim_idle_ms,
         gather_s=settings.index_gather_s,
+        words=words,
     )
     tasks: list[asyncio.Task[None]] = []
 
     async def startup() -> None:
         await store.ping()  # fail fast when Redis is not there
         tasks.append(asyncio.create_task(indexer.run()))
+        if retention.active:
+            tasks.append(asyncio.create_task(retention.run()))
 
     async def shutdown() -> None:
         for task in tasks:

@@ -6,6 +6,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+from services.memory.retention import RetentionPolicy
 
 
 class MemorySettings(ServiceSettings):
@@ -42,7 +43,16 @@ class MemorySettings(ServiceSettings):
     # none a near-duplicate (cosine above dedup_similarity) of a better one.
     recall_top_k: int = Field(default=5, ge=0, le=50)
     recall_threshold: float = Field(default=0.35, ge=-1, le=1)
+    # ... or whose content words are on average at least this similar to the message's (each
+    # of the message's words against the memory's closest one; see services/memory/encoding.py).
+    recall_word_floor: float = Field(default=0.5, ge=0, le=1)
     dedup_similarity: float = Field(default=0.95, gt=0, le=1)
+    # Retention of long-term memories (services/memory/retention.py), e.g.
+    # LLMMESH_MEMORY_RETENTION='{"max_age_days": 90, "max_per_user": 5000}'; off by default.
+    # Tenants with a policy of their own: LLMMESH_MEMORY_RETENTION_TENANTS='{"acme": {...}}'.
+    retention: RetentionPolicy = RetentionPolicy()
+    retention_tenants: dict[str, RetentionPolicy] = {}
+    retention_sweep_s: float = Field(default=600.0, gt=0)
     # Indexer: turns embedded per batch; how long a batch that is not full waits for more
     # (the embedding model computes a pass of 32 short texts for half the CPU per text of a
     # pass of 2); how long an entry may sit with a consumer that went away before another takes it over.

@@ -46,6 +46,8 @@ from qdrant_client.conversions.common_types import PointId
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from services.common.errors import InvalidArgumentError
+from services.memory import lexical
+from services.memory.encoding import Encoded
 
 if TYPE_CHECKING:
     from qdrant_edge import ConditionType as EdgeCondition
@@ -61,12 +63,35 @@ KNOWLEDGE_INTEGER_FIELDS = ("chunk",)
 # What a knowledge listing reads of each passage (never its text).
 _LISTING_FIELDS = ["collection", "document", "chunk", "tokens", "added_at"]
 _SCROLL_PAGE = 1000
+# Values a count by field returns at most (users or sessions of one tenant, for retention).
+_FACET_LIMIT = 100_000
 HNSW_PAYLOAD_M = 16
 HNSW_EF_CONSTRUCT = 100
 # Below this many KB of vectors a filtered search scores the selected points exactly.
 FULL_SCAN_THRESHOLD_KB = 10_000
+# Views and words have no graph: always scored exactly, point by point.
+EXACT_ALWAYS_KB = 2**31 - 1
 # Points sharing one `created_at` fetched at most, when a listing page ends inside that second.
 _SAME_SECOND_MAX = 10_000
+# Hybrid ranking (encoding.py has the representations): the best candidates of each ranking,
+# CANDIDATES of each, fused by reciprocal rank, score = sum of weight / (RRF_K + rank). Measured
+# on the recall evaluation (bench/recall.py); see the README's memory section.
+#
+# Within a user or a session (search and recall of a chat turn): clause views and words. BM25
+# takes no part there: with the words in, every weight tried lowered hit@10 (1: -10 points,
+# 0.25: -4.6), because the memories that share a word with the question are the words' own top
+# ones already, and a second vote for them pushes down the paraphrased evidence. Over a whole
+# tenant (no views or words: they are scored point by point), the dense index and BM25.
+CANDIDATES = 100
+RRF_K = 60
+VIEWS_WEIGHT = 1.0
+WORDS_WEIGHT = 2.0
+SCOPED_LEXICAL_WEIGHT = 0.0
+DENSE_WEIGHT = 1.0
+LEXICAL_WEIGHT = 1.0
+# Named vectors of a memory point beside the unnamed dense one.
+VIEWS = "views"
+WORDS = "words"
 # Engines compare a score with the threshold in float32, some with `>`: ask for a little more
 # and keep `score >= threshold` here, the same on every engine.
 _THRESHOLD_SLACK = 1e-6
@@ -91,6 +116,30 @@ class MemoryRecord:
     seq: int  # turn position in its session (>= 1)
     turn_id: str
     created_at: int  # unix seconds
+
+
+@dataclass(frozen=True)
+class Ranking(Generic[F]):
+    """One hybrid query: the candidates `where` selects whose best clause is at least
+    `dense_floor` close (cosine), or whose BM25 score is at least `lexical_floor` (> 0), or
+    whose words are on average at least `word_floor` close to the query's, fused by reciprocal
+    rank. Views and words take part when the query is `scoped` to a user or a session (they
+    are scored exactly, point by point); over a whole tenant the dense index stands in."""
+
+    query: Encoded
+    where: F
+    corpus: F  # IDF statistics over these points
+    limit: int
+    dense_floor: float
+    lexical_floor: float
+    word_floor: float
+    scoped: bool
+    with_vectors: bool
+
+    @property
+    def words_floor_total(self) -> float | None:
+        """The words' floor as the engine scores them (a sum over the query's words)."""
+        return self.word_floor * len(self.query.words) if self.word_floor else None
 
 
 @dataclass(frozen=True)
@@ -136,26 +185,35 @@ class VectorStoreUnavailable(Exception):  # noqa: N818 (the name callers know it
 
 
 class VectorStore(Protocol):
-    async def upsert(self, records: Sequence[MemoryRecord], vectors: Sequence[Sequence[float]]) -> None: ...
+    async def upsert(self, records: Sequence[MemoryRecord], vectors: Sequence[Sequence[float] | Encoded]) -> None:
+        """Writes memories, each with its representations (a plain vector: one view, no words)."""
+        ...
 
     async def search(
         self,
         tenant: str,
-        vector: Sequence[float],
+        vector: Sequence[float] | Encoded,
         *,
         limit: int,
         session_id: str = "",
         user: str = "",
         threshold: float = 0.0,
         with_vectors: bool = False,
+        text: str = "",
+        lexical_floor: float = 0.0,
+        word_floor: float = 0.0,
     ) -> list[ScoredRecord]:
-        """Best first within a tenant, optionally narrowed to one session and/or one user."""
+        """Best first within a tenant, optionally narrowed to one session and/or one user.
+
+        A plain vector without `text`: by cosine, score >= threshold. An `Encoded` query (or a
+        vector with `text`): hybrid (see `Ranking`; threshold is the dense floor); score is
+        then the fused one."""
         ...
 
     async def recall(
         self,
         tenant: str,
-        vector: Sequence[float],
+        vector: Sequence[float] | Encoded,
         *,
         session_id: str,
         before_seq: int,
@@ -163,9 +221,12 @@ class VectorStore(Protocol):
         limit: int,
         threshold: float,
         with_vectors: bool = False,
+        text: str = "",
+        lexical_floor: float = 0.0,
+        word_floor: float = 0.0,
     ) -> list[ScoredRecord]:
-        """Best first, score >= threshold, among the tenant's memories that are either of this
-        session before `before_seq`, or of the same (non-empty) user in other sessions."""
+        """Best first among the tenant's memories that are either of this session before
+        `before_seq`, or of the same (non-empty) user in other sessions; ranked as `search`."""
         ...
 
     async def get(self, tenant: str, ids: Sequence[str]) -> list[MemoryRecord]: ...
@@ -177,6 +238,18 @@ class VectorStore(Protocol):
     async def delete_session(self, tenant: str, session_id: str) -> int: ...
 
     async def count(self, tenant: str = "") -> int: ...
+
+    # -- retention
+    async def counts(self, field: str, tenant: str = "") -> dict[str, int]:
+        """Memories per value of `field` ("tenant", "user" or "session_id"), within a tenant or all."""
+        ...
+
+    async def oldest(
+        self, tenant: str, *, limit: int, user: str = "", session_id: str = "", before: int = 0
+    ) -> list[MemoryRecord]:
+        """Up to `limit` of the tenant's memories (of one user and/or session), the earliest
+        first; `before`: only those created before it (unix seconds)."""
+        ...
 
     # -- knowledge: passages of documents, kept apart from the memories
     async def replace_document(
@@ -285,6 +358,21 @@ def _floats(vector: object) -> list[float] | None:
     return vector if isinstance(vector, list) and (not vector or isinstance(vector[0], float)) else None
 
 
+def _edge_vectors(encoded: Encoded) -> dict[str, qe.NamedVector]:
+    """A memory's vectors for the embedded engine (see encoding.py)."""
+    vectors: dict[str, qe.NamedVector] = {"": encoded.dense, VIEWS: encoded.views}
+    if encoded.words:
+        vectors[WORDS] = encoded.words
+    if encoded.terms:
+        vectors[lexical.NAME] = qe.SparseVector(encoded.terms.indices, encoded.terms.values)
+    return vectors
+
+
+def _dense_of(vector: object) -> object:
+    """The dense vector of a point whose vectors come back by name."""
+    return vector.get("") if isinstance(vector, dict) else vector
+
+
 def _as_list(vector: Sequence[float]) -> list[float]:
     if isinstance(vector, list):
         return vector
@@ -321,13 +409,18 @@ class _QdrantStore(ABC, Generic[C, F]):
 
     # -- engine calls
     @abstractmethod
-    async def _upsert(self, tenant: str, records: Sequence[MemoryRecord], vectors: Sequence[list[float]]) -> None:
+    async def _upsert(self, tenant: str, records: Sequence[MemoryRecord], encoded: Sequence[Encoded]) -> None:
         """Writes points of one tenant; an existing point of another tenant stays as it is."""
 
     @abstractmethod
     async def _query(
         self, vector: list[float], where: F, limit: int, threshold: float, with_vectors: bool
-    ) -> list[ScoredRecord]: ...
+    ) -> list[ScoredRecord]:
+        """The nearest points by the dense vector, cosine >= threshold."""
+
+    @abstractmethod
+    async def _fused(self, ranking: Ranking[F]) -> list[ScoredRecord]:
+        """The hybrid ranking (see `Ranking`)."""
 
     @abstractmethod
     async def _scroll(self, where: F, limit: int, by_time: bool) -> list[MemoryRecord]:
@@ -341,6 +434,10 @@ class _QdrantStore(ABC, Generic[C, F]):
 
     @abstractmethod
     async def _count(self, where: F | None) -> int: ...
+
+    @abstractmethod
+    async def _facet(self, field: str, where: F | None) -> dict[str, int]:
+        """Points per value of a keyword field, among those `where` selects."""
 
     # -- engine calls on the knowledge points (another shard or collection)
     @abstractmethod
@@ -369,42 +466,56 @@ class _QdrantStore(ABC, Generic[C, F]):
             raise ValueError(f"a vector has {len(values)} dimensions, the store holds {self.dims}")
         return values
 
-    async def upsert(self, records: Sequence[MemoryRecord], vectors: Sequence[Sequence[float]]) -> None:
+    async def upsert(self, records: Sequence[MemoryRecord], vectors: Sequence[Sequence[float] | Encoded]) -> None:
         if len(records) != len(vectors):
             raise ValueError(f"{len(records)} records but {len(vectors)} vectors")
-        by_tenant: dict[str, tuple[list[MemoryRecord], list[list[float]]]] = {}
+        by_tenant: dict[str, tuple[list[MemoryRecord], list[Encoded]]] = {}
         for record, vector in zip(records, vectors, strict=True):
             point_id = _point_id(record.id)
             if point_id is None:
                 raise ValueError(f"memory id {record.id!r} is not a UUID")
             group = by_tenant.setdefault(record.tenant, ([], []))
             group[0].append(record if point_id == record.id else replace(record, id=point_id))
-            group[1].append(self._vector(vector))
-        for tenant, (group_records, group_vectors) in by_tenant.items():
-            await self._upsert(tenant, group_records, group_vectors)
+            group[1].append(self._encoded(vector, record.text))
+        for tenant, (group_records, group_encoded) in by_tenant.items():
+            await self._upsert(tenant, group_records, group_encoded)
+
+    def _encoded(self, vector: Sequence[float] | Encoded, text: str = "") -> Encoded:
+        """Checks the dimensions; a plain vector becomes one view (and `text`'s terms)."""
+        if isinstance(vector, Encoded):
+            for v in [vector.dense, *vector.views, *vector.words]:
+                self._vector(v)
+            return vector
+        return Encoded.of_vector(self._vector(vector), text)
 
     async def search(
         self,
         tenant: str,
-        vector: Sequence[float],
+        vector: Sequence[float] | Encoded,
         *,
         limit: int,
         session_id: str = "",
         user: str = "",
         threshold: float = 0.0,
         with_vectors: bool = False,
+        text: str = "",
+        lexical_floor: float = 0.0,
+        word_floor: float = 0.0,
     ) -> list[ScoredRecord]:
         must = [self._match("tenant", tenant)]
         if session_id:
             must.append(self._match("session_id", session_id))
         if user:
             must.append(self._match("user", user))
-        return await self._best(vector, self._filter(must), limit, threshold, with_vectors)
+        ranking = self._ranking(tenant, vector, self._filter(must), limit, threshold, with_vectors, text)
+        return await self._best(
+            replace(ranking, lexical_floor=lexical_floor, word_floor=word_floor, scoped=bool(session_id or user))
+        )
 
     async def recall(
         self,
         tenant: str,
-        vector: Sequence[float],
+        vector: Sequence[float] | Encoded,
         *,
         session_id: str,
         before_seq: int,
@@ -412,6 +523,9 @@ class _QdrantStore(ABC, Generic[C, F]):
         limit: int,
         threshold: float,
         with_vectors: bool = False,
+        text: str = "",
+        lexical_floor: float = 0.0,
+        word_floor: float = 0.0,
     ) -> list[ScoredRecord]:
         earlier_in_session = self._filter([self._match("session_id", session_id), self._range("seq", lt=before_seq)])
         either = [self._nest(earlier_in_session)]
@@ -419,15 +533,36 @@ class _QdrantStore(ABC, Generic[C, F]):
             other_sessions = self._filter([self._match("user", user)], must_not=[self._match("session_id", session_id)])
             either.append(self._nest(other_sessions))
         where = self._filter([self._match("tenant", tenant)], should=either)
-        return await self._best(vector, where, limit, threshold, with_vectors)
+        ranking = self._ranking(tenant, vector, where, limit, threshold, with_vectors, text)
+        return await self._best(replace(ranking, lexical_floor=lexical_floor, word_floor=word_floor, scoped=True))
 
-    async def _best(
-        self, vector: Sequence[float], where: F, limit: int, threshold: float, with_vectors: bool
-    ) -> list[ScoredRecord]:
+    def _ranking(
+        self,
+        tenant: str,
+        vector: Sequence[float] | Encoded,
+        where: F,
+        limit: int,
+        threshold: float,
+        with_vectors: bool,
+        text: str,
+    ) -> Ranking[F]:
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        found = await self._query(self._vector(vector), where, limit, threshold - _THRESHOLD_SLACK, with_vectors)
-        return [hit for hit in found if hit.score >= threshold]
+        query = self._encoded(vector)
+        if not query.terms and text:
+            query = replace(query, terms=lexical.query(text))
+        # IDF over the memories searched (never another tenant's): a word is rare or common
+        # among them, e.g. the speaker's own name is in half of a transcript's lines.
+        return Ranking(query, where, where, limit, threshold, 0.0, 0.0, False, with_vectors)
+
+    async def _best(self, ranking: Ranking[F]) -> list[ScoredRecord]:
+        query = ranking.query
+        if query.terms or (ranking.scoped and query.words):
+            return await self._fused(replace(ranking, dense_floor=ranking.dense_floor - _THRESHOLD_SLACK))
+        found = await self._query(
+            query.dense, ranking.where, ranking.limit, ranking.dense_floor - _THRESHOLD_SLACK, ranking.with_vectors
+        )
+        return [hit for hit in found if hit.score >= ranking.dense_floor]
 
     async def get(self, tenant: str, ids: Sequence[str]) -> list[MemoryRecord]:
         wanted = list(dict.fromkeys(p for p in map(_point_id, ids) if p is not None))
@@ -451,6 +586,20 @@ class _QdrantStore(ABC, Generic[C, F]):
 
     async def count(self, tenant: str = "") -> int:
         return await self._count(self._filter([self._match("tenant", tenant)]) if tenant else None)
+
+    async def counts(self, field: str, tenant: str = "") -> dict[str, int]:
+        if field not in KEYWORD_FIELDS:
+            raise ValueError(f"memories are counted by {', '.join(KEYWORD_FIELDS)}, not {field!r}")
+        return await self._facet(field, self._filter([self._match("tenant", tenant)]) if tenant else None)
+
+    async def oldest(
+        self, tenant: str, *, limit: int, user: str = "", session_id: str = "", before: int = 0
+    ) -> list[MemoryRecord]:
+        scope = [self._match("tenant", tenant)]
+        scope += [self._match("user", user)] if user else []
+        scope += [self._match("session_id", session_id)] if session_id else []
+        scope += [self._range("created_at", lt=before)] if before else []
+        return await self._scroll(self._filter(scope), limit, by_time=True)
 
     # -- knowledge
     def _collection(self, tenant: str, collection: str, document: str = "") -> list[C]:
@@ -540,6 +689,8 @@ class _QdrantStore(ABC, Generic[C, F]):
 # -- the embedded engine ---------------------------------------------------------------------
 
 _CURRENT = "CURRENT"
+# In a shard's folder: the shard holds every representation of encoding.py (written at its creation).
+_LAYOUT = "LAYOUT-2"
 # The index build runs in a child process on a copy of the shard: qdrant-edge holds the
 # interpreter lock for the whole of optimize() (seconds to minutes), which in this process
 # would stop every query and the event loop with them.
@@ -636,15 +787,33 @@ class EdgeVectorStore(_QdrantStore["EdgeCondition", qe.Filter]):
             if stale.name != self._live:
                 shutil.rmtree(stale, ignore_errors=True)
 
-    def _config(self) -> qe.EdgeConfig:
+    def _config(self, hybrid: bool = True) -> qe.EdgeConfig:
+        """The memories' shard is `hybrid` (views, words and terms beside the dense vector); the
+        knowledge shard is not. Views and words have no graph: they are scored point by point
+        within a user or a session."""
+        dense = qe.EdgeVectorParams(size=self.dims, distance=qe.Distance.Cosine)
+        hnsw = qe.HnswIndexConfig(
+            m=0, payload_m=HNSW_PAYLOAD_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=FULL_SCAN_THRESHOLD_KB
+        )
+        if not hybrid:
+            vectors: qe.EdgeVectorParams | dict[str, qe.EdgeVectorParams] = dense
+            sparse = None
+        else:
+            many = qe.EdgeVectorParams(
+                size=self.dims,
+                distance=qe.Distance.Cosine,
+                multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
+                datatype=qe.VectorStorageDatatype.Float16,
+                hnsw_config=qe.HnswIndexConfig(
+                    m=0, payload_m=0, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=EXACT_ALWAYS_KB
+                ),
+            )
+            vectors = {"": dense, VIEWS: many, WORDS: many}
+            sparse = {lexical.NAME: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}
         return qe.EdgeConfig(
-            vectors=qe.EdgeVectorParams(size=self.dims, distance=qe.Distance.Cosine),
-            hnsw_config=qe.HnswIndexConfig(
-                m=0,
-                payload_m=HNSW_PAYLOAD_M,
-                ef_construct=HNSW_EF_CONSTRUCT,
-                full_scan_threshold=FULL_SCAN_THRESHOLD_KB,
-            ),
+            vectors=vectors,
+            sparse_vectors=sparse,
+            hnsw_config=hnsw,
             optimizers=qe.EdgeOptimizersConfig(indexing_threshold=self._indexing_threshold_kb),
         )
 
@@ -652,12 +821,20 @@ class EdgeVectorStore(_QdrantStore["EdgeCondition", qe.Filter]):
         current = self.path / _CURRENT
         if current.is_file():
             name = current.read_text().strip()
+            if not (self.path / name / _LAYOUT).is_file():
+                return self._upgrade(name)
             return name, qe.EdgeShard.load(str(self.path / name), self._config())
         name = "gen-000001"
         if any(p.name != name for p in self.path.glob("gen-*")):
             raise RuntimeError(f"{self.path} holds shards but no {_CURRENT} file naming the live one")
         # CURRENT is written once the first shard is ready, before any write: without it, a
         # first shard is one whose creation was cut short.
+        shard = self._create(name)
+        self._point_current_to(name)
+        return name, shard
+
+    def _create(self, name: str) -> qe.EdgeShard:
+        """A new, empty memories' shard in `path/name`, with its payload indexes."""
         shutil.rmtree(self.path / name, ignore_errors=True)
         shard = qe.EdgeShard.create(str(self.path / name), self._config())
         for field in KEYWORD_FIELDS:
@@ -668,7 +845,35 @@ class EdgeVectorStore(_QdrantStore["EdgeCondition", qe.Filter]):
             ints = qe.IntegerIndexParams(lookup=True, range=True, enable_hnsw=False)
             shard.update(qe.UpdateOperation.create_field_index(field, ints))
         shard.flush()
+        (self.path / name / _LAYOUT).touch()
+        return shard
+
+    def _upgrade(self, old: str) -> tuple[str, qe.EdgeShard]:
+        """A shard an earlier release wrote (the dense vector only): its points are copied into
+        a new generation with the representations that need no embedding (the dense vector as
+        the one view, the terms of the stored text), which becomes the live one."""
+        name = f"gen-{_generation(old) + 1:06d}"
+        source = qe.EdgeShard.load(str(self.path / old), self._config(hybrid=False))
+        try:
+            shard = self._create(name)
+            offset: qe.PointId | None = None
+            while True:
+                request = qe.ScrollRequest(offset=offset, limit=_SCROLL_PAGE, with_payload=True, with_vector=True)
+                points, offset = source.scroll(request)
+                copies = []
+                for p in points:
+                    dense = _floats(_dense_of(p.vector)) or []
+                    encoded = Encoded.of_vector(dense, str((p.payload or {}).get("text", "")))
+                    copies.append(qe.Point(p.id, _edge_vectors(encoded), p.payload))
+                if copies:
+                    shard.update(qe.UpdateOperation.upsert_points(copies))
+                if offset is None:
+                    break
+            shard.flush()
+        finally:
+            source.close()
         self._point_current_to(name)
+        log.info("memory shard upgraded", extra={"points": shard.info().points_count, "shard": name})
         return name, shard
 
     def _open_knowledge(self) -> qe.EdgeShard:
@@ -677,9 +882,9 @@ class EdgeVectorStore(_QdrantStore["EdgeCondition", qe.Filter]):
         one whose creation was cut short."""
         folder, ready = self.path / "knowledge", self.path / "KNOWLEDGE"
         if ready.is_file():
-            return qe.EdgeShard.load(str(folder), self._config())
+            return qe.EdgeShard.load(str(folder), self._config(hybrid=False))
         shutil.rmtree(folder, ignore_errors=True)
-        shard = qe.EdgeShard.create(str(folder), self._config())
+        shard = qe.EdgeShard.create(str(folder), self._config(hybrid=False))
         for field in KNOWLEDGE_KEYWORD_FIELDS:
             tenant = field == "tenant"
             params = qe.KeywordIndexParams(is_tenant=tenant, enable_hnsw=tenant)
@@ -745,9 +950,9 @@ class EdgeVectorStore(_QdrantStore["EdgeCondition", qe.Filter]):
         return where
 
     # -- primitives
-    async def _upsert(self, tenant: str, records: Sequence[MemoryRecord], vectors: Sequence[list[float]]) -> None:
+    async def _upsert(self, tenant: str, records: Sequence[MemoryRecord], encoded: Sequence[Encoded]) -> None:
         def make() -> qe.UpdateOperation:
-            points = [qe.Point(r.id, v, _payload(r)) for r, v in zip(records, vectors, strict=True)]
+            points = [qe.Point(r.id, _edge_vectors(e), _payload(r)) for r, e in zip(records, encoded, strict=True)]
             return qe.UpdateOperation.upsert_points(points, condition=self._filter([self._match("tenant", tenant)]))
 
         await self._write(make)
@@ -767,7 +972,60 @@ class EdgeVectorStore(_QdrantStore["EdgeCondition", qe.Filter]):
         )
         points = await self._read(lambda shard: shard.query(request))
         return [
-            ScoredRecord(_record(p.id, p.payload), p.score, _floats(p.vector) if with_vectors else None) for p in points
+            ScoredRecord(_record(p.id, p.payload), p.score, _floats(_dense_of(p.vector)) if with_vectors else None)
+            for p in points
+        ]
+
+    async def _fused(self, ranking: Ranking[qe.Filter]) -> list[ScoredRecord]:
+        query, where = ranking.query, ranking.where
+        stages = [
+            qe.Prefetch(
+                CANDIDATES,
+                qe.Query.Nearest([query.dense], using=VIEWS),
+                filter=where,
+                score_threshold=ranking.dense_floor,
+            )
+            if ranking.scoped
+            else qe.Prefetch(
+                CANDIDATES, qe.Query.Nearest(query.dense), filter=where, score_threshold=ranking.dense_floor
+            )
+        ]
+        weights = [VIEWS_WEIGHT if ranking.scoped else DENSE_WEIGHT]
+        lexical_weight = SCOPED_LEXICAL_WEIGHT if ranking.scoped else LEXICAL_WEIGHT
+        if query.terms and lexical_weight:
+            stages.append(
+                qe.Prefetch(
+                    CANDIDATES,
+                    qe.Query.Nearest(qe.SparseVector(query.terms.indices, query.terms.values), using=lexical.NAME),
+                    params=qe.SearchParams(idf=qe.IdfParams(ranking.corpus)),
+                    filter=where,
+                    score_threshold=ranking.lexical_floor or None,
+                )
+            )
+            weights.append(lexical_weight)
+        if ranking.scoped and query.words:
+            stages.append(
+                qe.Prefetch(
+                    CANDIDATES,
+                    qe.Query.Nearest(query.words, using=WORDS),
+                    filter=where,
+                    score_threshold=ranking.words_floor_total,
+                )
+            )
+            weights.append(WORDS_WEIGHT)
+        request = qe.QueryRequest(
+            limit=ranking.limit,
+            prefetches=stages,
+            query=qe.Fusion.Rrf(RRF_K, weights),  # type: ignore[arg-type]  # the stub types Rrf apart from Fusion
+            with_payload=True,
+            with_vector=[""] if ranking.with_vectors else False,
+        )
+        points = await self._read(lambda shard: shard.query(request))
+        return [
+            ScoredRecord(
+                _record(p.id, p.payload), p.score, _floats(_dense_of(p.vector)) if ranking.with_vectors else None
+            )
+            for p in points
         ]
 
     async def _scroll(self, where: qe.Filter, limit: int, by_time: bool) -> list[MemoryRecord]:
@@ -786,6 +1044,11 @@ class EdgeVectorStore(_QdrantStore["EdgeCondition", qe.Filter]):
 
     async def _count(self, where: qe.Filter | None) -> int:
         return await self._read(lambda shard: shard.count(qe.CountRequest(exact=True, filter=where)))
+
+    async def _facet(self, field: str, where: qe.Filter | None) -> dict[str, int]:
+        request = qe.FacetRequest(field, limit=_FACET_LIMIT, exact=True, filter=where)
+        found = await self._read(lambda shard: shard.facet(request))
+        return {str(hit.value): hit.count for hit in found.hits}
 
     # -- knowledge primitives, on the knowledge shard
     async def _on_knowledge(self, call: Callable[[qe.EdgeShard], T]) -> T:
@@ -1006,6 +1269,7 @@ class ServerVectorStore(_QdrantStore[models.Condition, models.Filter]):
         self.knowledge_collection = f"{collection}_knowledge"
         self._ready = False
         self._knowledge_ready = False
+        self._hybrid = True  # the memories' collection holds every representation (known once ensured)
         self._ensuring = asyncio.Lock()
 
     @classmethod
@@ -1058,13 +1322,16 @@ class ServerVectorStore(_QdrantStore[models.Condition, models.Filter]):
     async def _ensure(self, collection: str, keywords: Sequence[str], integers: Sequence[str]) -> None:
         async with self._guard():
             if await self._client.collection_exists(collection):
-                info = await self._client.get_collection(collection)
-                params = info.config.params.vectors
-                size = params.size if isinstance(params, models.VectorParams) else None
-                if size != self.dims:
-                    raise ValueError(f"collection {collection} holds {size}-d vectors, not {self.dims}")
+                hybrid = self._check(collection, await self._client.get_collection(collection))
             else:
-                await self._create_collection(collection)
+                hybrid = await self._create_collection(collection, hybrid=collection == self.collection)
+            if collection == self.collection:
+                self._hybrid = hybrid
+                if not hybrid:
+                    log.warning(
+                        "memory collection made by an earlier release: search and recall are dense only",
+                        extra={"collection": collection},
+                    )
             for field in keywords:
                 keyword = models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=field == "tenant")
                 await self._client.create_payload_index(collection, field, keyword, wait=True)
@@ -1072,11 +1339,38 @@ class ServerVectorStore(_QdrantStore[models.Condition, models.Filter]):
                 ints = models.IntegerIndexParams(type=models.IntegerIndexType.INTEGER, lookup=True, range=True)
                 await self._client.create_payload_index(collection, field, ints, wait=True)
 
-    async def _create_collection(self, collection: str) -> None:
+    def _check(self, collection: str, info: models.CollectionInfo) -> bool:
+        """Checks the dimensions; whether the collection holds the hybrid representations."""
+        params = info.config.params.vectors
+        dense = params.get("") if isinstance(params, dict) else params
+        size = dense.size if isinstance(dense, models.VectorParams) else None
+        if size != self.dims:
+            raise ValueError(f"collection {collection} holds {size}-d vectors, not {self.dims}")
+        return (
+            isinstance(params, dict) and VIEWS in params and lexical.NAME in (info.config.params.sparse_vectors or {})
+        )
+
+    async def _create_collection(self, collection: str, hybrid: bool) -> bool:
+        """Makes the collection (with every representation of encoding.py when `hybrid`);
+        whether it holds them (another replica may have made it first)."""
+        dense = models.VectorParams(size=self.dims, distance=models.Distance.COSINE)
+        vectors: models.VectorParams | dict[str, models.VectorParams] = dense
+        sparse = None
+        if hybrid:
+            many = models.VectorParams(
+                size=self.dims,
+                distance=models.Distance.COSINE,
+                multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM),
+                datatype=models.Datatype.FLOAT16,
+                hnsw_config=models.HnswConfigDiff(m=0, payload_m=0, full_scan_threshold=EXACT_ALWAYS_KB),
+            )
+            vectors = {"": dense, VIEWS: many, WORDS: many}
+            sparse = {lexical.NAME: models.SparseVectorParams(modifier=models.Modifier.IDF)}
         try:
             await self._client.create_collection(
                 collection,
-                vectors_config=models.VectorParams(size=self.dims, distance=models.Distance.COSINE),
+                vectors_config=vectors,
+                sparse_vectors_config=sparse,
                 hnsw_config=models.HnswConfigDiff(
                     m=0,
                     payload_m=HNSW_PAYLOAD_M,
@@ -1087,6 +1381,8 @@ class ServerVectorStore(_QdrantStore[models.Condition, models.Filter]):
         except UnexpectedResponse as exc:
             if exc.status_code != 409:  # another replica created it first
                 raise
+            return self._check(collection, await self._client.get_collection(collection))
+        return hybrid
 
     @contextlib.asynccontextmanager
     async def _call(self, collection: str = "") -> AsyncIterator[None]:
@@ -1122,11 +1418,12 @@ class ServerVectorStore(_QdrantStore[models.Condition, models.Filter]):
         return where
 
     # -- primitives
-    async def _upsert(self, tenant: str, records: Sequence[MemoryRecord], vectors: Sequence[list[float]]) -> None:
-        points = [
-            models.PointStruct(id=r.id, vector=v, payload=_payload(r)) for r, v in zip(records, vectors, strict=True)
-        ]
+    async def _upsert(self, tenant: str, records: Sequence[MemoryRecord], encoded: Sequence[Encoded]) -> None:
         async with self._call():
+            points = [
+                models.PointStruct(id=r.id, vector=self._vectors(e), payload=_payload(r))
+                for r, e in zip(records, encoded, strict=True)
+            ]
             await self._client.upsert(
                 self.collection, points, wait=True, update_filter=self._filter([self._match("tenant", tenant)])
             )
@@ -1136,7 +1433,72 @@ class ServerVectorStore(_QdrantStore[models.Condition, models.Filter]):
     ) -> list[ScoredRecord]:
         points = await self._nearest(self.collection, vector, where, limit, threshold, with_vectors)
         return [
-            ScoredRecord(_record(p.id, p.payload), p.score, _floats(p.vector) if with_vectors else None) for p in points
+            ScoredRecord(_record(p.id, p.payload), p.score, _floats(_dense_of(p.vector)) if with_vectors else None)
+            for p in points
+        ]
+
+    def _vectors(self, encoded: Encoded) -> models.VectorStruct:
+        if not self._hybrid:
+            return encoded.dense
+        vectors: dict[str, Any] = {"": encoded.dense, VIEWS: encoded.views}
+        if encoded.words:
+            vectors[WORDS] = encoded.words
+        if encoded.terms:
+            vectors[lexical.NAME] = models.SparseVector(indices=encoded.terms.indices, values=encoded.terms.values)
+        return vectors
+
+    async def _fused(self, ranking: Ranking[models.Filter]) -> list[ScoredRecord]:
+        query, where = ranking.query, ranking.where
+        async with self._call():
+            if not self._hybrid:  # a collection made by an earlier release
+                return await self._query(query.dense, where, ranking.limit, ranking.dense_floor, ranking.with_vectors)
+            stages = [
+                models.Prefetch(
+                    query=[query.dense] if ranking.scoped else query.dense,
+                    using=VIEWS if ranking.scoped else None,
+                    filter=where,
+                    limit=CANDIDATES,
+                    score_threshold=ranking.dense_floor,
+                )
+            ]
+            weights = [VIEWS_WEIGHT if ranking.scoped else DENSE_WEIGHT]
+            lexical_weight = SCOPED_LEXICAL_WEIGHT if ranking.scoped else LEXICAL_WEIGHT
+            if query.terms and lexical_weight:
+                stages.append(
+                    models.Prefetch(
+                        query=models.SparseVector(indices=query.terms.indices, values=query.terms.values),
+                        using=lexical.NAME,
+                        filter=where,
+                        limit=CANDIDATES,
+                        score_threshold=ranking.lexical_floor or None,
+                        params=models.SearchParams(idf=models.IdfCorpusParams(corpus=ranking.corpus)),
+                    )
+                )
+                weights.append(lexical_weight)
+            if ranking.scoped and query.words:
+                stages.append(
+                    models.Prefetch(
+                        query=query.words,
+                        using=WORDS,
+                        filter=where,
+                        limit=CANDIDATES,
+                        score_threshold=ranking.words_floor_total,
+                    )
+                )
+                weights.append(WORDS_WEIGHT)
+            response = await self._client.query_points(
+                self.collection,
+                prefetch=stages,
+                query=models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=weights)),
+                limit=ranking.limit,
+                with_payload=True,
+                with_vectors=[""] if ranking.with_vectors else False,
+            )
+        return [
+            ScoredRecord(
+                _record(p.id, p.payload), p.score, _floats(_dense_of(p.vector)) if ranking.with_vectors else None
+            )
+            for p in response.points
         ]
 
     async def _nearest(
@@ -1182,6 +1544,11 @@ class ServerVectorStore(_QdrantStore[models.Condition, models.Filter]):
         async with self._call():
             result = await self._client.count(self.collection, count_filter=where, exact=True)
         return result.count
+
+    async def _facet(self, field: str, where: models.Filter | None) -> dict[str, int]:
+        async with self._call():
+            found = await self._client.facet(self.collection, field, facet_filter=where, limit=_FACET_LIMIT, exact=True)
+        return {str(hit.value): hit.count for hit in found.hits}
 
     # -- knowledge primitives, on the knowledge collection
     async def _write_passages(self, tenant: str, passages: Sequence[Passage], vectors: Sequence[list[float]]) -> None:

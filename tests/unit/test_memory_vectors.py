@@ -16,6 +16,7 @@ import pytest
 from qdrant_client import AsyncQdrantClient
 
 from services.common.errors import InvalidArgumentError
+from services.memory.encoding import Encoded
 from services.memory.vectors import (
     DocumentInfo,
     EdgeVectorStore,
@@ -491,6 +492,100 @@ async def test_passages_must_be_the_chunks_of_the_named_document(store: VectorSt
 
 
 # -- the embedded engine -------------------------------------------------------------------------
+
+
+# -- hybrid: dense and lexical -------------------------------------------------------------
+
+
+async def test_a_shared_rare_word_ranks_a_memory_the_vectors_alone_would_miss(store: VectorStore) -> None:
+    cello = rec("acme", "s1", 1, user="alice", text="Finally got my cello back from the repair shop")
+    others = [rec("acme", "s1", seq, user="alice", text=f"We talked about the weather, day {seq}") for seq in (2, 3, 4)]
+    await put(store, [(cello, near(0.05, seed=1))] + [(r, near(0.6, seed=r.seq)) for r in others])
+
+    assert ids(await store.search("acme", QUERY.tolist(), limit=1))[0] != cello.id  # dense alone
+    found = await store.search("acme", QUERY.tolist(), limit=4, text="Is the cello fixed?")
+    assert ids(found)[0] == cello.id
+    assert set(ids(found)) == {cello.id, *ids(others)}  # the dense candidates still take part
+
+
+async def test_hybrid_floors_keep_out_what_is_neither_close_nor_worded_alike(store: VectorStore) -> None:
+    close = rec("acme", "s1", 1, text="A sunny afternoon at the lake")
+    worded = rec("acme", "s1", 2, text="The cello needs new strings")
+    neither = rec("acme", "s1", 3, text="Dinner plans for Friday")
+    await put(store, [(close, near(0.7, seed=1)), (worded, near(0.0, seed=2)), (neither, near(0.1, seed=3))])
+
+    # Over the tenant: close by cosine, or sharing a word (BM25).
+    found = await store.search("acme", QUERY.tolist(), limit=10, text="cello", threshold=0.5)
+    assert sorted(ids(found)) == sorted([close.id, worded.id])
+
+    # Within a session: close by a clause, or by the words (late interaction, floor per word).
+    word = unit(7)
+    encoded = {
+        close.id: Encoded(near(0.7, seed=1), [near(0.7, seed=1)], [near(0.1, seed=11, query=word)]),
+        worded.id: Encoded(near(0.0, seed=2), [near(0.0, seed=2)], [near(0.8, seed=12, query=word)]),
+        neither.id: Encoded(near(0.1, seed=3), [near(0.1, seed=3)], [near(0.1, seed=13, query=word)]),
+    }
+    records = [close, worded, neither]
+    await store.upsert(records, [encoded[r.id] for r in records])
+    probe = Encoded(QUERY.tolist(), [QUERY.tolist()], [word.tolist()])
+    recalled = await store.recall(
+        "acme", probe, session_id="s1", before_seq=9, user="", limit=10, threshold=0.5, word_floor=0.6
+    )
+    assert sorted(ids(recalled)) == sorted([close.id, worded.id])
+    everything = await store.recall("acme", probe, session_id="s1", before_seq=9, user="", limit=10, threshold=0.0)
+    assert ids(everything)[0] in (close.id, worded.id)
+    assert len(everything) == 3
+
+
+async def test_the_lexical_side_stays_within_the_tenant_and_forgets_what_is_deleted(store: VectorStore) -> None:
+    ours = rec("acme", "s1", 1, user="alice", text="My passport number ends in 4417")
+    theirs = rec("globex", "s1", 1, user="alice", text="My passport number ends in 4417")
+    await put(store, [(ours, near(0.0, seed=1)), (theirs, near(0.0, seed=2))])
+
+    assert ids(await store.search("acme", QUERY.tolist(), limit=5, text="passport 4417", threshold=0.9)) == [ours.id]
+    await store.delete("acme", [ours.id])
+    assert await store.search("acme", QUERY.tolist(), limit=5, text="passport 4417", threshold=0.9) == []
+    assert ids(await store.search("globex", QUERY.tolist(), limit=5, text="passport", threshold=0.9)) == [theirs.id]
+    await store.delete_session("globex", "s1")
+    assert await store.search("globex", QUERY.tolist(), limit=5, text="passport", threshold=0.9) == []
+
+
+async def test_a_shard_without_lexical_vectors_gets_them_when_opened(tmp_path: Path) -> None:
+    """A shard an earlier release wrote (dense vectors only) is copied into a new generation
+    with the lexical vectors computed from the stored texts."""
+    import qdrant_edge as qe
+
+    from services.memory.vectors import _payload
+
+    old = tmp_path / "gen-000001"
+    config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=DIMS, distance=qe.Distance.Cosine))
+    shard = qe.EdgeShard.create(str(old), config)
+    cello = rec("acme", "s1", 1, user="alice", text="Finally got my cello back")
+    weather = rec("acme", "s1", 2, user="alice", text="Rainy again today")
+    shard.update(
+        qe.UpdateOperation.upsert_points(
+            [
+                qe.Point(cello.id, near(0.0, seed=1), _payload(cello)),
+                qe.Point(weather.id, near(0.5, 2), _payload(weather)),
+            ]
+        )
+    )
+    shard.flush()
+    shard.close()
+    (tmp_path / "CURRENT").write_text("gen-000001\n")
+
+    store = EdgeVectorStore(tmp_path, DIMS, optimize_after=0)
+    try:
+        assert live_shard(tmp_path) == "gen-000002"
+        assert shard_folders(tmp_path) == ["gen-000002"]
+        assert await store.get("acme", [cello.id, weather.id]) == [cello, weather]
+        found = await store.search("acme", QUERY.tolist(), limit=5, text="cello", threshold=0.9)
+        assert ids(found) == [cello.id]
+        (vector_found,) = await store.search("acme", QUERY.tolist(), limit=1, with_vectors=True)
+        assert vector_found.vector is not None
+        assert len(vector_found.vector) == DIMS
+    finally:
+        await store.close()
 
 
 async def test_edge_store_keeps_its_data_across_a_restart(tmp_path: Path) -> None:
