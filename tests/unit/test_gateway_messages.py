@@ -573,6 +573,6 @@ async def test_the_openapi_document_declares_anthropics_errors_and_key(mesh: Mes
     error = create["responses"]["401"]["content"]["application/json"]["schema"]
     assert error == {"$ref": "#/components/schemas/AnthropicErrorResponse"}
     assert set(doc["components"]["schemas"]["AnthropicErrorResponse"]["properties"]) == {"type", "error"}
-    assert {"apiKey": []} in create["security"]
-    assert doc["components"]["securitySchemes"]["apiKey"] == {"type": "apiKey", "in": "header", "name": "x-api-key"}
+    assert {"x-api-key": []} in create["security"]
+    assert doc["components"]["securitySchemes"]["x-api-key"] == {"type": "apiKey", "in": "header", "name": "x-api-key"}
     assert "text/event-stream" in create["responses"]["200"]["content"]
