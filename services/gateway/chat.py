@@ -22,6 +22,8 @@ from services.gateway.streaming import (
     AGENT_HEADER,
     DONE,
     NO_RESULT,
+    RECALL_HEADER,
+    SESSION_HEADER,
     SSE_HEADERS,
     chat_logprobs,
     decision_headers,
@@ -30,9 +32,6 @@ from services.gateway.streaming import (
     unless_disconnected,
     usage,
 )
-
-SESSION_HEADER = "X-Session-Id"
-RECALL_HEADER = "X-Llmmesh-Recall"
 
 
 def create_router(pipeline: ChatPipeline, caller: Callable[..., Awaitable[Caller]], limiter: Limiter) -> APIRouter:

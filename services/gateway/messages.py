@@ -37,6 +37,8 @@ from services.gateway.settings import GatewaySettings
 from services.gateway.streaming import (
     AGENT_HEADER,
     NO_RESULT,
+    RECALL_HEADER,
+    SESSION_HEADER,
     SSE_HEADERS,
     decision_headers,
     first_event,
@@ -46,8 +48,6 @@ from services.gateway.streaming import (
 
 log = logging.getLogger(__name__)
 
-SESSION_HEADER = "X-Session-Id"
-RECALL_HEADER = "X-Llmmesh-Recall"
 PATH_PREFIX = "/v1/messages"
 
 

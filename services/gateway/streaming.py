@@ -23,6 +23,8 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # Who answered: the agent the router chose and the model that took the request. Headers, so
 # the JSON body stays exactly OpenAI's; for SSE they go out with the first event.
 AGENT_HEADER = "X-Llmmesh-Agent"
+SESSION_HEADER = "X-Session-Id"
+RECALL_HEADER = "X-Llmmesh-Recall"
 BACKEND_HEADER = "X-Llmmesh-Backend"
 
 
