@@ -286,7 +286,13 @@ class MemoryCore:
     async def search(self, tenant: str, query: str, user: str, session_id: str, top_k: int) -> list[ScoredRecord]:
         probe = await self.encoder.query(query)
         found = await self.vectors.search(
-            tenant, probe, limit=top_k * 2, session_id=session_id, user=user, with_vectors=True
+            tenant,
+            probe,
+            limit=top_k * 2,
+            session_id=session_id,
+            user=user,
+            with_vectors=True,
+            lexical_floor=LEXICAL_FLOOR,
         )
         return without_near_duplicates(found, top_k, 1.01)  # exact repeats only
 

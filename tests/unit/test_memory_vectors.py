@@ -537,6 +537,19 @@ async def test_hybrid_floors_keep_out_what_is_neither_close_nor_worded_alike(sto
     assert len(everything) == 3
 
 
+async def test_a_word_most_memories_hold_does_not_pass_the_lexical_floor(store: VectorStore) -> None:
+    """The speaker's own name is in half of a transcript's lines: BM25 scores it about 1, a rare
+    word far more; with the floor, only the rare word's memory enters the lexical ranking."""
+    lines = [rec("acme", "s1", seq, text=f"Maya: line {seq} about the weather") for seq in range(1, 11)]
+    cello = rec("acme", "s1", 11, text="Maya: the cello is back from the shop")
+    await put(store, [(r, near(0.0, seed=r.seq)) for r in [*lines, cello]])
+
+    loose = await store.search("acme", QUERY.tolist(), limit=20, text="Maya cello", threshold=0.99)
+    assert len(loose) == 11  # every line shares the name
+    floored = await store.search("acme", QUERY.tolist(), limit=20, text="Maya cello", threshold=0.99, lexical_floor=1.5)
+    assert ids(floored) == [cello.id]
+
+
 async def test_the_lexical_side_stays_within_the_tenant_and_forgets_what_is_deleted(store: VectorStore) -> None:
     ours = rec("acme", "s1", 1, user="alice", text="My passport number ends in 4417")
     theirs = rec("globex", "s1", 1, user="alice", text="My passport number ends in 4417")
