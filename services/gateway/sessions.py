@@ -68,6 +68,8 @@ def memory_object(memory: memory_pb2.Memory, scored: bool = False) -> dict[str, 
         "text": memory.text,
         "role": memory.role,
         "session_id": memory.session_id,
+        # The position of its turn in the session (1, 2, ...): where it was said.
+        "seq": memory.seq,
         "user": memory.user or None,
         "created_at": memory.created_at,
     }

@@ -122,6 +122,19 @@ async def test_every_key_of_a_session_expires(mesh: Mesh, redis_client: aioredis
         assert await redis_client.ttl(key) > 0, key
 
 
+async def test_a_memory_says_which_turn_of_its_session_it_comes_from(mesh: Mesh) -> None:
+    sid = session()
+    for text in ("The weather is grey today.", "My locker combination is 4-8-15-16."):
+        assert (await mesh.chat(text, session_id=sid)).status_code == 200
+    await mesh.settle()
+
+    found = await mesh.http.post("/v1/memories/search", json={"query": "locker combination", "session_id": sid})
+    top = found.json()["data"][0]
+    assert (top["text"], top["seq"], top["role"]) == ("My locker combination is 4-8-15-16.", 2, "user")
+    listed = (await mesh.http.get("/v1/memories", params={"session_id": sid})).json()["data"]
+    assert sorted({m["seq"] for m in listed}) == [1, 2]
+
+
 async def test_deleting_a_session_erases_it_everywhere(mesh: Mesh, redis_client: aioredis.Redis) -> None:
     sid = session()
     planted = "My locker combination is 4-8-15-16."
