@@ -262,7 +262,7 @@ async def _search(base: str, headers: dict[str, str], run: str, dataset: Dataset
                 reply: dict[str, Any] = await response.json()
             seconds = time.perf_counter() - t0
             turn_map = maps[question.conversation]
-            # The REST object carries no seq (yet): then the text decides.
+            # By the turn's seq; a memory object without one (an older gateway) by its text.
             refs = [turn_map.turn(m["session_id"], int(m.get("seq") or 0), m["text"], m["role"]) for m in reply["data"]]
             scores.outcomes.append(Outcome(question, refs, seconds))
     return scores
