@@ -124,11 +124,12 @@ class Ranking(Generic[F]):
     `dense_floor` close (cosine), or whose BM25 score is at least `lexical_floor` (> 0), or
     whose words are on average at least `word_floor` close to the query's, fused by reciprocal
     rank. Views and words take part when the query is `scoped` to a user or a session (they
-    are scored exactly, point by point); over a whole tenant the dense index stands in."""
+    are scored exactly, point by point); over a whole tenant the dense index stands in. BM25's
+    IDF is computed over the points `where` selects (never another tenant's): a word is rare or
+    common among the memories searched, e.g. a speaker's own name is in half of their lines."""
 
     query: Encoded
     where: F
-    corpus: F  # IDF statistics over these points
     limit: int
     dense_floor: float
     lexical_floor: float
@@ -551,9 +552,7 @@ class _QdrantStore(ABC, Generic[C, F]):
         query = self._encoded(vector)
         if not query.terms and text:
             query = replace(query, terms=lexical.query(text))
-        # IDF over the memories searched (never another tenant's): a word is rare or common
-        # among them, e.g. the speaker's own name is in half of a transcript's lines.
-        return Ranking(query, where, where, limit, threshold, 0.0, 0.0, False, with_vectors)
+        return Ranking(query, where, limit, threshold, 0.0, 0.0, False, with_vectors)
 
     async def _best(self, ranking: Ranking[F]) -> list[ScoredRecord]:
         query = ranking.query
@@ -997,7 +996,7 @@ class EdgeVectorStore(_QdrantStore["EdgeCondition", qe.Filter]):
                 qe.Prefetch(
                     CANDIDATES,
                     qe.Query.Nearest(qe.SparseVector(query.terms.indices, query.terms.values), using=lexical.NAME),
-                    params=qe.SearchParams(idf=qe.IdfParams(ranking.corpus)),
+                    params=qe.SearchParams(idf=qe.IdfParams(where)),
                     filter=where,
                     score_threshold=ranking.lexical_floor or None,
                 )
@@ -1471,7 +1470,7 @@ class ServerVectorStore(_QdrantStore[models.Condition, models.Filter]):
                         filter=where,
                         limit=CANDIDATES,
                         score_threshold=ranking.lexical_floor or None,
-                        params=models.SearchParams(idf=models.IdfCorpusParams(corpus=ranking.corpus)),
+                        params=models.SearchParams(idf=models.IdfCorpusParams(corpus=where)),
                     )
                 )
                 weights.append(lexical_weight)
